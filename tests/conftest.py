@@ -1,0 +1,156 @@
+"""Shared fixtures: a real moto server on loopback, a real Dask LocalCluster, a running worker."""
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+
+from worker.emulator import Emulator, provision
+from worker.health import HealthServer
+from worker.jsonio import dumps, loads
+from worker.loop import QueueWorker
+from worker.settings import Settings, load_settings
+from worker.transport.aws import aws_client
+from worker.transport.queue import WorkQueue
+from worker.transport.results import ResultPublisher
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "10x"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    emulator = Emulator(free_port())
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        dashboard_address=None,
+        memory_limit="4GiB",
+    )
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def make_settings(endpoint_url: str, **environ: str) -> Settings:
+    """Settings with a queue, topic and results queue of their own; buckets shared."""
+    suffix = uuid.uuid4().hex[:10]
+    env = {
+        "CLUSTER_ENV": "test",
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "WORKER_QUEUE": f"work-{suffix}.fifo",
+        "WORKER_DEAD_LETTER_QUEUE": f"work-{suffix}-dlq.fifo",
+        "WORKER_RESULTS_QUEUE": f"results-{suffix}",
+        "WORKER_RESULTS_TOPIC": f"work-results-{suffix}",
+        "WORKER_SOURCE_BUCKETS": "biomage-source-test,second-source-test",
+        "WORKER_POLL_WAIT": "1",
+        "WORKER_VISIBILITY_TIMEOUT": "30",
+        "WORKER_SHUTDOWN_GRACE": "5",
+    }
+    settings = load_settings(env | environ)
+    provision(settings)
+    return settings
+
+
+@pytest.fixture
+def settings(emulator) -> Settings:
+    return make_settings(emulator.url)
+
+
+def make_request(body: dict, experiment_id: str = "e1", **fields) -> dict:
+    return {
+        "uuid": str(uuid.uuid4()),
+        "socketId": "socket-1",
+        "experimentId": experiment_id,
+        "timeout": "2099-12-31 00:00:00",
+        "body": body,
+        **fields,
+    }
+
+
+class RunningWorker:
+    """A QueueWorker serving in a thread, with helpers to send requests and read responses."""
+
+    def __init__(self, settings: Settings, client: Client):
+        self.settings = settings
+        self.sqs = aws_client("sqs", settings.aws)
+        self.queue = WorkQueue(settings)
+        self.health = HealthServer(host="127.0.0.1", port=0, stale_after_s=30)
+        self.worker = QueueWorker(
+            settings, client, self.queue, ResultPublisher(settings), self.health
+        )
+        self.results_url = self.sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
+        self._thread = threading.Thread(target=self.worker.run, daemon=True)
+        self._thread.start()
+        self._received: dict[str, dict] = {}
+
+    def send(self, request: dict | str) -> None:
+        body = request if isinstance(request, str) else dumps(request).decode()
+        self.sqs.send_message(
+            QueueUrl=self.queue.url, MessageBody=body, MessageGroupId=uuid.uuid4().hex
+        )
+
+    def response(self, request_uuid: str, timeout_s: float = 120) -> dict:
+        """The response published for `request_uuid`, read from the subscribed queue."""
+        deadline = time.monotonic() + timeout_s
+        while request_uuid not in self._received:
+            assert time.monotonic() < deadline, f"no response for {request_uuid}"
+            for response in read_published(self.sqs, self.results_url, wait_s=1):
+                self._received[response["request"]["uuid"]] = response
+        return self._received.pop(request_uuid)
+
+    def ask(self, body: dict, experiment_id: str = "e1", timeout_s: float = 120) -> dict:
+        request = make_request(body, experiment_id)
+        self.send(request)
+        return self.response(request["uuid"], timeout_s)
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive()
+
+
+def read_published(sqs, queue_url: str, wait_s: int = 1) -> list[dict]:
+    """Responses delivered by SNS to an SQS queue, unwrapped, deleted once read."""
+    reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s)
+    responses = []
+    for message in reply.get("Messages", []):
+        notification = loads(message["Body"])
+        assert notification["MessageAttributes"]["type"]["Value"] == "WorkResponse"
+        responses.append(loads(notification["Message"]))
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return responses
+
+
+@pytest.fixture
+def running_worker(settings, dask_client):
+    running = RunningWorker(settings, dask_client)
+    yield running
+    running.stop()
+
+
+def result_body(response: dict, settings: Settings):
+    """The first result's body as JSON, fetched from the results bucket when offloaded."""
+    result = response["results"][0]
+    if result["type"] == "s3-path":
+        bucket, key = result["body"].split("/", 1)
+        s3 = aws_client("s3", settings.aws)
+        return loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return loads(result["body"])

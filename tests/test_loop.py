@@ -1,0 +1,219 @@
+"""The queue loop through real SQS/SNS/S3 (moto server) and a real LocalCluster."""
+
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from tests.conftest import make_request, read_published, result_body
+from worker.jsonio import dumps
+from worker.store.experiment import new_version_name, publish_version, zarr_store
+from worker.transport.aws import aws_client
+
+
+def write_gene_table_store(settings, experiment_id: str, n_genes: int = 300) -> pd.DataFrame:
+    """An experiment store written with anndata's own zarr writer, for tasks reading `var`."""
+    rng = np.random.default_rng(7)
+    var = pd.DataFrame(
+        {
+            "gene_ids": [f"ENSG{i:011d}" for i in range(n_genes)],
+            "gene_names": [f"G{i}.{'AB'[i % 2]}" for i in range(n_genes)],
+            "n_cells": rng.integers(0, 50, n_genes),
+            "means": rng.random(n_genes).astype(np.float32),
+            "dispersions": np.where(rng.random(n_genes) < 0.1, np.nan, rng.random(n_genes)),
+            "dispersions_norm": rng.random(n_genes).astype(np.float32),
+            "highly_variable": rng.random(n_genes) < 0.3,
+        }
+    )
+    var.index = var["gene_names"].to_numpy()
+    adata = ad.AnnData(X=sp.random(20, n_genes, density=0.1, format="csr", random_state=1), var=var)
+    version = new_version_name()
+    url = f"{settings.store_root}/{experiment_id}/{version}"
+    adata.write_zarr(zarr_store(url, settings.aws, read_only=False))
+    publish_version(settings.store_root, experiment_id, version, settings.aws, provenance={})
+    return var
+
+
+def test_valid_request_is_answered_then_deleted(running_worker, settings):
+    var = write_gene_table_store(settings, "listgenes1")
+    request = make_request(
+        {
+            "name": "ListGenes",
+            "selectFields": ["gene_names", "dispersions"],
+            "orderBy": "dispersions",
+            "orderDirection": "DESC",
+            "offset": 2,
+            "limit": 5,
+        },
+        experiment_id="listgenes1",
+        pagination={"page": 2},
+    )
+    running_worker.send(request)
+    response = running_worker.response(request["uuid"])
+    assert response["request"] == request
+    assert response["response"] == {"cacheable": True, "error": False}
+    result = response["results"][0]
+    assert result["type"] == "inline" and isinstance(result["body"], str)
+    body = result_body(response, settings)
+    expected = var.sort_values("dispersions", ascending=False, kind="stable", na_position="last")
+    assert body["total"] == len(var)
+    assert [row["gene_names"] for row in body["rows"]] == list(expected["gene_names"][2:7])
+    assert set(body["rows"][0]) == {"gene_names", "dispersions"}
+    wait_until_queue_empty(running_worker)
+
+
+def wait_until_queue_empty(running_worker, timeout_s: float = 30):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        attributes = running_worker.sqs.get_queue_attributes(
+            QueueUrl=running_worker.queue.url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if all(value == "0" for value in attributes.values()):
+            return
+        assert time.monotonic() < deadline, f"queue still holds messages: {attributes}"
+        time.sleep(0.2)
+
+
+def test_expired_request_is_deleted_unanswered(running_worker, settings):
+    write_gene_table_store(settings, "expired1")
+    expired = make_request(
+        {"name": "ListGenes"}, experiment_id="expired1", timeout="2021-01-01T00:00:00Z"
+    )
+    running_worker.send(expired)
+    fresh = make_request({"name": "ListGenes", "limit": 1}, experiment_id="expired1")
+    running_worker.send(fresh)
+    assert running_worker.response(fresh["uuid"])["response"]["error"] is False
+    wait_until_queue_empty(running_worker)
+    with pytest.raises(AssertionError, match="no response"):
+        running_worker.response(expired["uuid"], timeout_s=2)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "ListGenes", "orderBy": "nonsense"}, "body.orderBy"),
+        ({"name": "ListGenes", "limit": "many"}, "body.limit"),
+        ({"name": "ListGenes", "offset": -1}, "body.offset"),
+        ({"name": "ListGenes", "selectFields": ["gene_names", "secret"]}, "body.selectFields"),
+        ({"name": "ListGenes", "surprise": 1}, "body.surprise"),
+    ],
+)
+def test_invalid_body_names_the_field(running_worker, body, field):
+    response = running_worker.ask(body)
+    assert response["response"] == {"cacheable": False, "error": True}
+    error = result_body(response, running_worker.settings)["error"]
+    assert error["code"] == "InvalidRequest"
+    assert field in error["message"]
+
+
+def test_invalid_envelope_fields_are_invalid_requests(running_worker):
+    for experiment_id in ("../other", "a/b", "%2fetc", ""):
+        request = make_request({"name": "ListGenes"}, experiment_id=experiment_id)
+        running_worker.send(request)
+        error = result_body(running_worker.response(request["uuid"]), running_worker.settings)
+        assert error["error"]["code"] == "InvalidRequest"
+        assert "experimentId" in error["error"]["message"]
+
+
+def test_unknown_task(running_worker):
+    response = running_worker.ask({"name": "MakeCoffee"})
+    error = result_body(response, running_worker.settings)["error"]
+    assert error["code"] == "UnknownTask"
+    assert "MakeCoffee" in error["message"]
+
+
+def test_missing_experiment(running_worker):
+    response = running_worker.ask({"name": "ListGenes"}, experiment_id="neverprepared")
+    assert result_body(response, running_worker.settings)["error"]["code"] == "ExperimentNotFound"
+
+
+def test_poison_message_goes_to_dead_letter_queue_and_worker_goes_on(running_worker, settings):
+    sqs = running_worker.sqs
+    running_worker.send("this is { not json")
+    running_worker.send(dumps({"experimentId": "e1", "body": {"name": "ListGenes"}}).decode())
+    write_gene_table_store(settings, "afterpoison")
+    assert (
+        running_worker.ask({"name": "ListGenes", "limit": 1}, "afterpoison")["response"]["error"]
+        is False
+    )
+    dead_letter_url = sqs.get_queue_url(QueueName=settings.dead_letter_queue)["QueueUrl"]
+    bodies = set()
+    deadline = time.monotonic() + 30
+    while len(bodies) < 2 and time.monotonic() < deadline:
+        reply = sqs.receive_message(
+            QueueUrl=dead_letter_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        )
+        bodies |= {message["Body"] for message in reply.get("Messages", [])}
+    assert "this is { not json" in bodies
+    assert len(bodies) == 2
+
+
+def test_large_result_is_offloaded_to_s3(running_worker, settings):
+    var = write_gene_table_store(settings, "bigresult", n_genes=20000)
+    response = running_worker.ask({"name": "ListGenes"}, experiment_id="bigresult")
+    result = response["results"][0]
+    assert result["type"] == "s3-path"
+    bucket, key = result["body"].split("/", 1)
+    assert bucket == settings.results_bucket
+    assert key.startswith(response["request"]["uuid"] + "/")
+    body = result_body(response, settings)
+    assert body["total"] == len(var) == len(body["rows"])
+
+
+def test_several_requests_in_flight_complete_independently(running_worker, settings):
+    write_gene_table_store(settings, "inflight")
+    requests = [
+        make_request({"name": "ListGenes", "offset": i, "limit": 1}, experiment_id="inflight")
+        for i in range(8)
+    ]
+    for request in requests:
+        running_worker.send(request)
+    offsets = {}
+    for index, request in enumerate(requests):
+        body = result_body(running_worker.response(request["uuid"]), settings)
+        offsets[index] = body["rows"][0]["gene_names"]
+    assert len(set(offsets.values())) == 8
+
+
+def test_sigterm_style_stop_releases_unfinished_message(settings, dask_client):
+    """A request still computing when the grace period ends is made visible again at once."""
+    from tests.conftest import RunningWorker
+
+    slow_settings = settings.__class__(**{**settings.__dict__, "shutdown_grace_s": 0.5})
+    running = RunningWorker(slow_settings, dask_client)
+    sqs = aws_client("sqs", settings.aws)
+    lock = dask_client.submit(lambda: None)  # warm the cluster
+    lock.result()
+    request = make_request({"name": "ListGenes"}, experiment_id="neverprepared-slow")
+    # Block the Dask workers so the request cannot finish before the stop.
+    from distributed import Event
+
+    gate = Event("gate-" + request["uuid"])
+    blockers = [dask_client.submit(_wait_for_gate, gate.name, pure=False) for _ in range(4)]
+    running.send(request)
+    deadline = time.monotonic() + 20
+    while True:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=running.queue.url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        if attributes["ApproximateNumberOfMessagesNotVisible"] == "1":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    running.stop()
+    reply = sqs.receive_message(QueueUrl=running.queue.url, WaitTimeSeconds=2)
+    gate.set()
+    for blocker in blockers:
+        blocker.result()
+    assert [message["Body"] for message in reply.get("Messages", [])] == [dumps(request).decode()]
+    assert read_published(sqs, running.results_url, wait_s=1) == []
+
+
+def _wait_for_gate(name: str) -> None:
+    from distributed import Event
+
+    Event(name).wait(timeout=60)

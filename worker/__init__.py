@@ -1,0 +1,3 @@
+"""Compute back end of an interactive single-cell RNA-seq analysis platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,71 @@
+"""`python -m worker [run | submit FILE | results | demo]`."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from worker.cluster import load_conf
+from worker.jsonio import dumps, loads
+from worker.settings import Settings, load_settings
+from worker.transport.aws import aws_client
+
+
+def submit(settings: Settings, request_file: Path) -> int:
+    """Send a request file to the work queue, as the README's aws CLI command does."""
+    body = request_file.read_text()
+    sqs = aws_client("sqs", settings.aws)
+    queue_url = sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"]
+    reply = sqs.send_message(
+        QueueUrl=queue_url, MessageBody=body, MessageGroupId=f"submit-{time.time_ns()}"
+    )
+    print(f"sent {request_file} as message {reply['MessageId']}")
+    return 0
+
+
+def results(settings: Settings, count: int | None, timeout_s: float | None) -> int:
+    """Print responses as they arrive on the results queue (subscribed to the topic)."""
+    sqs = aws_client("sqs", settings.aws)
+    queue_url = sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    printed = 0
+    while (count is None or printed < count) and (deadline is None or time.monotonic() < deadline):
+        reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=5)
+        for message in reply.get("Messages", []):
+            response = loads(loads(message["Body"])["Message"])
+            print(dumps(response).decode(), flush=True)
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            printed += 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="serve the work queue (the default)")
+    submit_parser = commands.add_parser("submit", help="send a request file to the work queue")
+    submit_parser.add_argument("file", type=Path)
+    results_parser = commands.add_parser("results", help="print responses as they arrive")
+    results_parser.add_argument("--count", type=int, help="stop after this many responses")
+    results_parser.add_argument("--timeout", type=float, help="stop after this many seconds")
+    demo_parser = commands.add_parser("demo", help="prepare the sample and run every task")
+    demo_parser.add_argument("--out", type=Path, default=Path("demo-output"))
+    args = parser.parse_args(argv)
+
+    settings = load_settings()
+    load_conf(Path(settings.conf_dir))
+    if args.command == "submit":
+        return submit(settings, args.file)
+    if args.command == "results":
+        return results(settings, args.count, args.timeout)
+    if args.command == "demo":
+        from worker.demo import run_demo
+
+        return run_demo(settings, args.out)
+    from worker.app import serve
+
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Starting and stopping everything `python -m worker run` needs, in order."""
+
+import logging
+import signal
+from contextlib import ExitStack
+from urllib.parse import urlsplit
+
+from distributed import Client
+
+from worker.cluster import connect, start_local_cluster
+from worker.emulator import Emulator, endpoint_listening, provision
+from worker.health import HealthServer
+from worker.loop import QueueWorker
+from worker.settings import Settings
+from worker.transport.queue import WorkQueue
+from worker.transport.results import ResultPublisher
+
+log = logging.getLogger(__name__)
+
+
+def start_emulator_if_needed(settings: Settings, resources: ExitStack) -> None:
+    """In development, start moto's server at the endpoint unless something listens there."""
+    endpoint = settings.aws.endpoint_url
+    if settings.is_deployed or not endpoint:
+        return
+    if endpoint_listening(endpoint):
+        print(f"using the AWS endpoint already listening at {endpoint}", flush=True)
+    elif settings.start_emulator:
+        emulator = Emulator(urlsplit(endpoint).port or 4566)
+        resources.callback(emulator.stop)
+        print(f"started the embedded AWS emulator at {emulator.url}", flush=True)
+    provision(settings)
+
+
+def dask_client(settings: Settings, resources: ExitStack) -> Client:
+    if settings.dask_scheduler_address:
+        client = connect(settings.dask_scheduler_address)
+        resources.callback(client.close)
+        print(f"connected to the Dask scheduler at {settings.dask_scheduler_address}", flush=True)
+    else:
+        cluster = start_local_cluster()
+        resources.callback(cluster.close)
+        client = Client(cluster)
+        resources.callback(client.close)
+        print(f"started a Dask LocalCluster; dashboard: {client.dashboard_link}", flush=True)
+    return client
+
+
+def serve(settings: Settings) -> int:
+    """Run the worker until SIGINT or SIGTERM; returns the exit status."""
+    with ExitStack() as resources:
+        start_emulator_if_needed(settings, resources)
+        client = dask_client(settings, resources)
+        if settings.seed_sample:
+            from worker.sample import seed_sample
+
+            seed_sample(settings, client)
+        health = HealthServer(
+            host="0.0.0.0" if settings.is_deployed else "127.0.0.1",
+            port=settings.health_port or 0,
+            stale_after_s=max(60.0, 3.0 * settings.poll_wait_s),
+        )
+        if settings.health_port is not None:
+            health.start()
+            resources.callback(health.stop)
+            print(f"health and metrics on port {health.port}", flush=True)
+        queue = WorkQueue(settings)
+        worker = QueueWorker(settings, client, queue, ResultPublisher(settings), health)
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, lambda signum, frame: worker.stop())
+        print(f"listening on {queue.url}", flush=True)
+        worker.run()
+    log.info("worker stopped")
+    return 0

@@ -1,0 +1,72 @@
+"""Where the computation runs: a LocalCluster here, or an existing Dask scheduler."""
+
+import logging
+from importlib.metadata import version
+from pathlib import Path
+
+import dask
+import yaml
+from distributed import Client, LocalCluster
+
+log = logging.getLogger(__name__)
+
+# Packages whose versions must agree between the worker and the Dask workers: tasks are
+# imported by name on the Dask workers and read stores written by either side.
+AGREEING_PACKAGES = (
+    "worker",
+    "dask",
+    "distributed",
+    "numpy",
+    "scipy",
+    "pandas",
+    "zarr",
+    "anndata",
+    "scanpy",
+    "s3fs",
+)
+
+
+def load_conf(conf_dir: Path) -> None:
+    """Load the project's Dask and logging configuration from `conf_dir`, if it is there."""
+    dask_conf = conf_dir / "dask.yaml"
+    if dask_conf.exists():
+        dask.config.update(
+            dask.config.config, yaml.safe_load(dask_conf.read_text()), priority="old"
+        )
+    logging_conf = conf_dir / "logging.yaml"
+    if logging_conf.exists():
+        import logging.config
+
+        logging.config.dictConfig(yaml.safe_load(logging_conf.read_text()))
+
+
+def package_versions() -> dict[str, str]:
+    return {name: version(name) for name in AGREEING_PACKAGES}
+
+
+def start_local_cluster(*, dashboard_address: str | None = None) -> LocalCluster:
+    options = dask.config.get("worker.local-cluster", default={})
+    return LocalCluster(
+        n_workers=options.get("n-workers", 2),
+        threads_per_worker=options.get("threads-per-worker", 2),
+        memory_limit=options.get("memory-limit", "auto"),
+        dashboard_address=dashboard_address or options.get("dashboard-address", ":8787"),
+        processes=True,
+    )
+
+
+def connect(scheduler_address: str) -> Client:
+    """A client of the scheduler, refused when its workers run other package versions."""
+    client = Client(scheduler_address, timeout="30s")
+    ours = package_versions()
+    for address, theirs in client.run(package_versions).items():
+        differing = {
+            name: (ours[name], theirs.get(name)) for name in ours if theirs.get(name) != ours[name]
+        }
+        if differing:
+            client.close()
+            details = ", ".join(
+                f"{name} {mine} here but {other} there" for name, (mine, other) in differing.items()
+            )
+            raise RuntimeError(f"Dask worker {address} runs other package versions: {details}")
+    return client

@@ -1,0 +1,113 @@
+"""The embedded AWS emulator (moto's server) and the resources the worker expects on it."""
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+from botocore.exceptions import ClientError
+
+from worker.jsonio import dumps
+from worker.settings import Settings
+from worker.transport.aws import aws_client
+
+log = logging.getLogger(__name__)
+
+
+def endpoint_listening(url: str, timeout_s: float = 0.5) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class Emulator:
+    """moto's server in a child process, bound to 127.0.0.1 only."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not endpoint_listening(self.url, timeout_s=0.2):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the AWS emulator did not start on {self.url}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+def provision(settings: Settings) -> str:
+    """Create whatever is missing of the queues, topic, buckets and the results subscription.
+
+    Safe to run against an emulator that already has some of them (InfraMock, LocalStack).
+    Returns the work queue's URL.
+    """
+    sqs = aws_client("sqs", settings.aws)
+    sns = aws_client("sns", settings.aws)
+    s3 = aws_client("s3", settings.aws)
+    fifo = {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+    dead_letter_url = sqs.create_queue(QueueName=settings.dead_letter_queue, Attributes=fifo)[
+        "QueueUrl"
+    ]
+    dead_letter_arn = sqs.get_queue_attributes(
+        QueueUrl=dead_letter_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    redrive = {
+        "deadLetterTargetArn": dead_letter_arn,
+        "maxReceiveCount": settings.max_receive_count,
+    }
+    queue_url = sqs.create_queue(
+        QueueName=settings.queue,
+        Attributes={
+            **fifo,
+            "VisibilityTimeout": str(settings.visibility_timeout_s),
+            "RedrivePolicy": dumps(redrive).decode(),
+        },
+    )["QueueUrl"]
+    topic_arn = sns.create_topic(Name=settings.results_topic)["TopicArn"]
+    results_url = sqs.create_queue(QueueName=settings.results_queue)["QueueUrl"]
+    results_arn = sqs.get_queue_attributes(QueueUrl=results_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    subscribed = {
+        subscription["Endpoint"]
+        for subscription in sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+    }
+    if results_arn not in subscribed:
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=results_arn)
+    buckets = {
+        settings.results_bucket,
+        settings.processed_bucket,
+        settings.cell_sets_bucket,
+        *settings.source_buckets,
+    }
+    for bucket in sorted(buckets):
+        try:
+            s3.create_bucket(
+                Bucket=bucket,
+                CreateBucketConfiguration={"LocationConstraint": settings.aws.region},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+    return queue_url

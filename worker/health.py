@@ -1,0 +1,135 @@
+"""Liveness probe and Prometheus metrics over HTTP, for Kubernetes and for scraping."""
+
+import threading
+import time
+from contextlib import AbstractContextManager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+OUTCOMES = frozenset({"ok", "error", "expired", "poison"})
+
+# Tasks range from a few milliseconds (ListGenes) to minutes (clustering a million cells).
+TASK_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+TEXT = "text/plain; charset=utf-8"
+
+
+class HealthServer:
+    """Serves `GET /healthz` (is the queue loop still polling?) and `GET /metrics`.
+
+    Each instance has its own metrics registry, so several can live in one process.
+    """
+
+    def __init__(self, *, host: str, port: int, stale_after_s: float) -> None:
+        self._address = (host, port)
+        self._stale_after_s = stale_after_s
+        self._last_poll = time.monotonic()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "worker_requests",
+            "Requests finished, by task and outcome.",
+            ["task", "outcome"],
+            registry=self.registry,
+        )
+        self._task_seconds = Histogram(
+            "worker_task_seconds",
+            "Seconds from receiving a request to finishing it, by task.",
+            ["task"],
+            buckets=TASK_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self._in_flight = Gauge(
+            "worker_requests_in_flight",
+            "Requests received and not yet finished.",
+            registry=self.registry,
+        )
+
+    def start(self) -> None:
+        """Bind the port and serve from a daemon thread."""
+        # The loop has not polled yet: give it stale_after_s from now before reporting stale.
+        self._last_poll = time.monotonic()
+        self._httpd = ThreadingHTTPServer(self._address, _handler_for(self))
+        # serve_forever notices shutdown() only between polls: poll often so stop() returns at once.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="health-server",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+        self._httpd = None
+        self._thread = None
+
+    @property
+    def port(self) -> int:
+        """The bound port: the one the system picked when constructed with port 0."""
+        if self._httpd is None:
+            raise RuntimeError("the health server is not started")
+        return self._httpd.server_port
+
+    def mark_polled(self) -> None:
+        """Record that the queue loop has just returned from a receive call."""
+        self._last_poll = time.monotonic()
+
+    def is_healthy(self) -> bool:
+        """Whether the queue loop polled within stale_after_s (or started that recently)."""
+        return time.monotonic() - self._last_poll <= self._stale_after_s
+
+    def request_finished(self, task: str, outcome: str, seconds: float) -> None:
+        """Count one finished request and observe how long it took."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+        self._requests.labels(task=task, outcome=outcome).inc()
+        self._task_seconds.labels(task=task).observe(seconds)
+
+    def in_flight(self) -> AbstractContextManager:
+        """Count the requests running inside this context manager."""
+        return self._in_flight.track_inprogress()
+
+
+def _handler_for(health: HealthServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            if path == "/healthz":
+                if health.is_healthy():
+                    self._reply(200, b"ok", TEXT)
+                else:
+                    self._reply(503, b"stale: the queue loop has not polled", TEXT)
+            elif path == "/metrics":
+                self._reply(200, generate_latest(health.registry), CONTENT_TYPE_LATEST)
+            else:
+                self._reply(404, b"not found", TEXT)
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            # Probes and scrapes arrive every few seconds; a line each would drown the request log.
+            pass
+
+    return Handler

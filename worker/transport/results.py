@@ -1,0 +1,40 @@
+"""Where responses go: the SNS results topic, and the results bucket for large bodies."""
+
+import secrets
+
+from worker.jsonio import dumps
+from worker.settings import Settings
+from worker.transport.aws import aws_client
+
+
+class ResultPublisher:
+    def __init__(self, settings: Settings):
+        self._sns = aws_client("sns", settings.aws)
+        self._s3 = aws_client("s3", settings.aws)
+        self.bucket = settings.results_bucket
+        self.topic_arn = resolve_topic_arn(self._sns, settings.results_topic)
+
+    def publish(self, response_text: str) -> None:
+        self._sns.publish(
+            TopicArn=self.topic_arn,
+            Message=dumps({"default": response_text}).decode(),
+            MessageStructure="json",
+            MessageAttributes={"type": {"DataType": "String", "StringValue": "WorkResponse"}},
+        )
+
+    def put_result(self, request_uuid: str, body: bytes) -> str:
+        """Store a result body in the results bucket; returns `bucket/key`."""
+        key = f"{request_uuid}/{secrets.token_hex(16)}"
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+        return f"{self.bucket}/{key}"
+
+
+def resolve_topic_arn(sns, topic: str) -> str:
+    """The ARN of `topic`, given as a name or an ARN."""
+    if topic.startswith("arn:"):
+        return topic
+    for page in sns.get_paginator("list_topics").paginate():
+        for listed in page["Topics"]:
+            if listed["TopicArn"].rsplit(":", 1)[-1] == topic:
+                return listed["TopicArn"]
+    raise LookupError(f"SNS topic {topic!r} does not exist")
