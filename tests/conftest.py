@@ -154,3 +154,56 @@ def result_body(response: dict, settings: Settings):
         s3 = aws_client("s3", settings.aws)
         return loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     return loads(result["body"])
+
+
+SOURCE_BUCKET = "biomage-source-test"
+
+
+def upload_folder(settings: Settings, local: Path, bucket: str, prefix: str) -> None:
+    s3 = aws_client("s3", settings.aws)
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    for path in files:
+        key = f"{prefix}/{path.name}" if local.is_file() else f"{prefix}/{path.relative_to(local)}"
+        s3.upload_file(str(path), bucket, key)
+
+
+@pytest.fixture(scope="session")
+def session_settings(emulator) -> Settings:
+    """Settings of the session's shared worker; its prepared experiments are shared too."""
+    return make_settings(emulator.url)
+
+
+@pytest.fixture(scope="session")
+def session_worker(session_settings, dask_client):
+    running = RunningWorker(session_settings, dask_client)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def prepared_10x(session_settings, session_worker) -> dict[str, dict]:
+    """Each real Cell Ranger file of shared/data/10x prepared once: name -> PrepareExperiment
+    result."""
+    sources = {
+        "v2_mtx": "v2_mtx",
+        "v3_mtx_gz": "v3_mtx_gz",
+        "v2_h5": "v2_filtered_gene_bc_matrices.h5",
+        "v3_h5": "v3_filtered_feature_bc_matrix.h5",
+    }
+    requests = {}
+    for name, source in sources.items():
+        upload_folder(session_settings, SHARED_DATA / source, SOURCE_BUCKET, f"shared/{name}")
+        key = f"shared/{name}" + (f"/{source}" if source.endswith(".h5") else "")
+        request = make_request(
+            {"name": "PrepareExperiment", "sourceBucket": SOURCE_BUCKET, "sourceMatrixPath": key},
+            experiment_id=f"shared-{name.replace('_', '-')}",
+        )
+        session_worker.send(request)
+        requests[name] = request
+    prepared = {}
+    for name, request in requests.items():
+        response = session_worker.response(request["uuid"], timeout_s=240)
+        body = result_body(response, session_settings)
+        assert response["response"]["error"] is False, body
+        prepared[name] = body
+    return prepared

@@ -75,14 +75,20 @@ def parent_hierarchy(hierarchies: list[dict[str, Any]], key: str) -> dict[str, A
 
 
 def cluster_hierarchy(
-    key: str, name: str, labels: np.ndarray, child_names: list[str] | None = None
+    key: str,
+    name: str,
+    labels: np.ndarray,
+    child_keys: list[str] | None = None,
+    child_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A hierarchy with one child per label value (0 first), `{key}-{i}` / `Cluster {i}`."""
+    """A hierarchy with one child per label value (0 first), by default `{key}-{i}` named
+    `Cluster {i}`."""
     children = []
-    for label in range(int(labels.max()) + 1 if len(labels) else 0):
+    n_children = len(child_keys) if child_keys else int(labels.max()) + 1 if len(labels) else 0
+    for label in range(n_children):
         children.append(
             {
-                "key": f"{key}-{label}",
+                "key": child_keys[label] if child_keys else f"{key}-{label}",
                 "name": child_names[label] if child_names else f"Cluster {label}",
                 "rootNode": False,
                 "type": "cellSets",

@@ -8,12 +8,12 @@ from pydantic import ValidationError
 from worker.errors import InvalidRequest, TaskFailed, UnknownTask, WorkerError
 from worker.jsonio import dumps
 from worker.messages import TaskBody, error_body, invalid_request
-from worker.tasks import list_genes
+from worker.tasks import list_genes, prepare_experiment
 from worker.tasks.base import Task, TaskContext
 
 log = logging.getLogger(__name__)
 
-TASKS: dict[str, Task] = {task.name: task for task in (list_genes.TASK,)}
+TASKS: dict[str, Task] = {task.name: task for task in (list_genes.TASK, prepare_experiment.TASK)}
 
 
 def find_task(body: dict) -> tuple[Task, TaskBody]:

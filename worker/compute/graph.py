@@ -1,0 +1,149 @@
+"""Neighbour graph, clustering and embeddings of the cells, from the in-memory PCA.
+
+The PCA fits in memory (1M cells x 50 float32 is 200 MB), so these run scanpy, igraph,
+umap-learn and openTSNE directly on it.
+"""
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import igraph
+import numpy as np
+import scanpy as sc
+from anndata import AnnData
+from openTSNE import TSNE
+from scipy import sparse
+
+ClusterMethod = Literal["louvain", "leiden"]
+
+
+def neighbour_graph(
+    x_pca: np.ndarray,
+    *,
+    n_neighbors: int = 15,
+    metric: str = "euclidean",
+    random_state: int = 0,
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """`(connectivities, distances)` of `sc.pp.neighbors(use_rep="X_pca")`, indices sorted."""
+    adata = AnnData(obsm={"X_pca": x_pca})
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=n_neighbors,
+        use_rep="X_pca",
+        metric=metric,
+        random_state=random_state,
+    )
+    connectivities = sparse.csr_matrix(adata.obsp["connectivities"])
+    distances = sparse.csr_matrix(adata.obsp["distances"])
+    connectivities.sort_indices()
+    distances.sort_indices()
+    return connectivities, distances
+
+
+class _IgraphRandom:
+    """igraph's random-number interface over a seeded numpy RandomState, the one scanpy's
+    leiden installs, so a seed gives scanpy's partition."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.RandomState(seed)
+
+    def getrandbits(self, k: int) -> int:
+        return self._rng.tomaxint() & ((1 << k) - 1)
+
+    def randint(self, a: int, b: int) -> int:
+        return self._rng.randint(a, b + 1)
+
+    def random(self) -> float:
+        return self._rng.random()
+
+    def gauss(self, mu: float, sigma: float) -> float:
+        return self._rng.normal(mu, sigma)
+
+
+@contextmanager
+def igraph_random_state(seed: int) -> Iterator[None]:
+    """Seed igraph's process-wide generator for the block, then give it back Python's."""
+    igraph.set_random_number_generator(_IgraphRandom(seed))
+    try:
+        yield
+    finally:
+        igraph.set_random_number_generator(random)
+
+
+def cluster(
+    connectivities: sparse.csr_matrix,
+    *,
+    method: ClusterMethod = "louvain",
+    resolution: float = 1.0,
+    random_state: int = 0,
+) -> np.ndarray:
+    """Cluster label of each cell; cluster 0 is the largest, ties broken by first member."""
+    # Built as scanpy builds it: one undirected edge per stored entry, so each pair appears
+    # twice; the edge order matters to the partition found.
+    entries = sparse.coo_matrix(connectivities)
+    stored = entries.data != 0
+    graph = igraph.Graph(
+        n=connectivities.shape[0],
+        edges=np.column_stack((entries.row[stored], entries.col[stored])),
+        directed=False,
+    )
+    weights = entries.data[stored].astype(np.float64)
+    with igraph_random_state(random_state):
+        if method == "louvain":
+            partition = graph.community_multilevel(weights=weights, resolution=resolution)
+        elif method == "leiden":
+            partition = graph.community_leiden(
+                objective_function="modularity",
+                weights=weights,
+                resolution=resolution,
+                n_iterations=2,
+            )
+        else:
+            raise ValueError(f"unknown clustering method {method!r}")
+    return _largest_first(np.asarray(partition.membership))
+
+
+def _largest_first(membership: np.ndarray) -> np.ndarray:
+    labels, first_member, sizes = np.unique(membership, return_index=True, return_counts=True)
+    order = np.lexsort((first_member, -sizes))
+    new_label = np.empty(len(labels), dtype=np.int64)
+    new_label[order] = np.arange(len(labels))
+    return new_label[np.searchsorted(labels, membership)]
+
+
+def embed_umap(
+    connectivities: sparse.csr_matrix,
+    x_pca: np.ndarray,
+    *,
+    min_dist: float = 0.3,
+    metric: str = "euclidean",
+    random_state: int = 0,
+) -> np.ndarray:
+    """UMAP coordinates (n x 2, float32) by `sc.tl.umap` on the given graph.
+
+    `metric` must be the one the graph was built with; umap uses it (with `x_pca`) only to lay
+    out disconnected components.
+    """
+    adata = AnnData(obsm={"X_pca": x_pca}, obsp={"connectivities": connectivities})
+    adata.uns["neighbors"] = {
+        "connectivities_key": "connectivities",
+        "params": {"method": "umap", "use_rep": "X_pca", "metric": metric},
+    }
+    sc.tl.umap(adata, min_dist=min_dist, random_state=random_state)
+    return adata.obsm["X_umap"].astype(np.float32)
+
+
+def embed_tsne(
+    x_pca: np.ndarray,
+    *,
+    perplexity: float = 30,
+    learning_rate: float = 200,
+    random_state: int = 0,
+) -> np.ndarray:
+    """t-SNE coordinates (n x 2, float32) by openTSNE."""
+    embedding = TSNE(
+        perplexity=perplexity, learning_rate=learning_rate, random_state=random_state
+    ).fit(x_pca)
+    return np.asarray(embedding, dtype=np.float32)

@@ -1,0 +1,135 @@
+"""Writing the store's large arrays: sparse matrices as contiguous 1-d zarr arrays cut in
+shards, each shard written whole by exactly one writer."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+# Inner chunks of 1 Mi elements (4 MB raw, a few MB compressed), shards of 32 Mi elements
+# (128 MB raw) so S3 holds few objects. Dask and readers work in whole shards.
+CHUNK_ELEMENTS = 1 << 20
+SHARD_ELEMENTS = 32 << 20
+COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+SPARSE_DTYPES = {"data": np.float32, "indices": np.int32, "indptr": np.int64}
+
+
+def create_sparse_group(
+    parent: zarr.Group,
+    name: str,
+    encoding: str,
+    shape: tuple[int, int],
+    nnz: int,
+    shard_elements: int = SHARD_ELEMENTS,
+) -> zarr.Group:
+    """An empty anndata sparse matrix group (`csr_matrix` or `csc_matrix`) of `nnz` entries."""
+    group = parent.create_group(
+        name,
+        attributes={"encoding-type": encoding, "encoding-version": "0.1.0", "shape": list(shape)},
+    )
+    major = shape[0] if encoding == "csr_matrix" else shape[1]
+    for array_name, length in (("data", nnz), ("indices", nnz), ("indptr", major + 1)):
+        create_vector(group, array_name, length, SPARSE_DTYPES[array_name], shard_elements)
+    return group
+
+
+def create_vector(
+    group: zarr.Group, name: str, length: int, dtype, shard_elements: int = SHARD_ELEMENTS
+) -> zarr.Array:
+    chunk = min(CHUNK_ELEMENTS, shard_elements)
+    return group.create_array(
+        name,
+        shape=(length,),
+        dtype=dtype,
+        chunks=(chunk,),
+        shards=(shard_elements,),
+        compressors=COMPRESSOR,
+    )
+
+
+class AppendingWriter:
+    """Appends to 1-d arrays in order, writing whole shards and keeping the remainder.
+
+    Each append is one row block's values; only full shards reach the store until `close`,
+    so no shard is read back and rewritten. The arrays grow as they are written, so the
+    length need not be known beforehand.
+    """
+
+    def __init__(self, arrays: list[zarr.Array]):
+        self._arrays = arrays
+        self._shard = arrays[0].shards[0]
+        self._written = 0
+        self._pending: list[list[np.ndarray]] = [[] for _ in arrays]
+        self._pending_length = 0
+
+    def append(self, *values: np.ndarray) -> None:
+        for pending, value in zip(self._pending, values, strict=True):
+            pending.append(value)
+        self._pending_length += len(values[0])
+        if self._pending_length >= self._shard:
+            self._flush(whole_shards_only=True)
+
+    def close(self) -> int:
+        """Write what remains; returns the number of elements written."""
+        self._flush(whole_shards_only=False)
+        return self._written
+
+    def _flush(self, *, whole_shards_only: bool) -> None:
+        length = self._pending_length
+        if whole_shards_only:
+            length -= length % self._shard
+        if length == 0:
+            return
+        for index, (array, pending) in enumerate(zip(self._arrays, self._pending, strict=True)):
+            joined = np.concatenate(pending)
+            array.resize((self._written + length,))
+            array[self._written : self._written + length] = joined[:length]
+            self._pending[index] = [joined[length:]]
+        self._written += length
+        self._pending_length -= length
+
+
+@dataclass(frozen=True)
+class OwnedRange:
+    """The elements one segment writes: whole shards starting inside it, with the values of
+    `segments` (it and its successors) from offset `segments_start`."""
+
+    start: int
+    stop: int
+    segments: range
+    segments_start: int
+
+
+def owned_ranges(offsets: np.ndarray, shard_elements: int) -> list[OwnedRange | None]:
+    """For segments `[offsets[k], offsets[k+1])` of one array written in parallel: what each
+    writes so that every shard is written by exactly one segment (None: it writes nothing).
+
+    A shard belongs to the segment holding its first element; the owner also needs the values
+    of the following segments that the shard reaches into.
+    """
+    total = int(offsets[-1])
+    owned: list[OwnedRange | None] = []
+    for index in range(len(offsets) - 1):
+        first, end = int(offsets[index]), int(offsets[index + 1])
+        start = -(-first // shard_elements) * shard_elements
+        if start >= end:
+            owned.append(None)
+            continue
+        last_shard_start = (end - 1) // shard_elements * shard_elements
+        stop = min(last_shard_start + shard_elements, total)
+        last_segment = int(np.searchsorted(offsets, stop, side="left")) - 1
+        owned.append(OwnedRange(start, stop, range(index, last_segment + 1), first))
+    return owned
+
+
+def write_owned(arrays: list[zarr.Array], owned: OwnedRange, *segment_values) -> None:
+    """Write `owned.start:owned.stop` of each array from the concatenated segments' values.
+
+    `segment_values` holds, for each segment of `owned.segments`, one value per array.
+    """
+    for position, array in enumerate(arrays):
+        joined = np.concatenate([values[position] for values in segment_values])
+        begin = owned.start - owned.segments_start
+        array[owned.start : owned.stop] = joined[begin : begin + owned.stop - owned.start]
