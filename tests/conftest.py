@@ -207,3 +207,36 @@ def prepared_10x(session_settings, session_worker) -> dict[str, dict]:
         assert response["response"]["error"] is False, body
         prepared[name] = body
     return prepared
+
+
+SYNTHETIC_EXPERIMENT = "synthetic-5k"
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset():
+    from worker.datasets.synthetic import SyntheticDataset
+
+    # More cells than scanpy's 4096-cell switch to approximate neighbours.
+    return SyntheticDataset(n_cells=5000, n_genes=1000, seed=1, counts_per_cell=1500)
+
+
+@pytest.fixture(scope="session")
+def prepared_synthetic(session_settings, session_worker, synthetic_dataset) -> dict:
+    """The generated dataset written as h5ad and prepared once (experiment `synthetic-5k`)."""
+    from worker.datasets.synthetic import write_h5ad
+    from worker.store.experiment import filesystem
+
+    fs, _ = filesystem("s3://", session_settings.aws)
+    write_h5ad(fs, f"{SOURCE_BUCKET}/synthetic/5k.h5ad", synthetic_dataset)
+    response = session_worker.ask(
+        {
+            "name": "PrepareExperiment",
+            "sourceBucket": SOURCE_BUCKET,
+            "sourceMatrixPath": "synthetic/5k.h5ad",
+        },
+        experiment_id=SYNTHETIC_EXPERIMENT,
+        timeout_s=300,
+    )
+    body = result_body(response, session_settings)
+    assert response["response"]["error"] is False, body
+    return body

@@ -11,6 +11,7 @@ from worker.cluster import connect, start_local_cluster
 from worker.emulator import Emulator, endpoint_listening, provision
 from worker.health import HealthServer
 from worker.loop import QueueWorker
+from worker.sample import seed_sample
 from worker.settings import Settings
 from worker.transport.queue import WorkQueue
 from worker.transport.results import ResultPublisher
@@ -52,8 +53,6 @@ def serve(settings: Settings) -> int:
         start_emulator_if_needed(settings, resources)
         client = dask_client(settings, resources)
         if settings.seed_sample:
-            from worker.sample import seed_sample
-
             seed_sample(settings, client)
         health = HealthServer(
             host="0.0.0.0" if settings.is_deployed else "127.0.0.1",

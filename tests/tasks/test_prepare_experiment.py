@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import scanpy as sc
 
-from tests.conftest import SHARED_DATA
-from worker.store.experiment import zarr_store
+from tests.conftest import SHARED_DATA, SOURCE_BUCKET, result_body, upload_folder
+from worker.store.cell_sets import read_cell_sets
+from worker.store.experiment import filesystem, list_versions, read_manifest, zarr_store
 
 
 def scanpy_reference(name: str) -> ad.AnnData:
@@ -78,3 +79,114 @@ def test_qc_columns_equal_plain_formula(prepared_10x, session_settings):
     expected = 100 * counts[:, mito].sum(axis=1) / counts.sum(axis=1)
     np.testing.assert_allclose(store.obs["percent_mito"], expected, rtol=1e-5)
     np.testing.assert_array_equal(store.var["n_cells"], (counts > 0).sum(axis=0))
+
+
+def prepare(worker, settings, experiment_id: str, path: str, **fields) -> tuple[dict, dict]:
+    body = {"name": "PrepareExperiment", "sourceBucket": SOURCE_BUCKET, "sourceMatrixPath": path}
+    response = worker.ask(body | fields, experiment_id=experiment_id, timeout_s=240)
+    return response, result_body(response, settings)
+
+
+def write_mtx(settings, prefix: str, lines: list[str], barcodes: int, genes: int) -> None:
+    fs, _ = filesystem("s3://", settings.aws)
+    fs.pipe_file(f"{SOURCE_BUCKET}/{prefix}/matrix.mtx", "\n".join(lines).encode() + b"\n")
+    fs.pipe_file(
+        f"{SOURCE_BUCKET}/{prefix}/barcodes.tsv",
+        "".join(f"CELL{i}-1\n" for i in range(barcodes)).encode(),
+    )
+    fs.pipe_file(
+        f"{SOURCE_BUCKET}/{prefix}/genes.tsv",
+        "".join(f"ENSG{i}\tG{i}\n" for i in range(genes)).encode(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "mentions"),
+    [
+        ({"sourceBucket": "somebody-elses-bucket"}, "InvalidRequest", "sourceBucket"),
+        ({"sourceMatrixPath": "shared/../secrets"}, "InvalidRequest", "sourceMatrixPath"),
+        ({"sourceMatrixPath": "/etc/passwd"}, "InvalidRequest", "sourceMatrixPath"),
+        ({"sourceMatrixPath": "nothing/here"}, "SourceNotFound", "nothing/here"),
+        ({"format": "loom"}, "InvalidRequest", "format"),
+        ({"sourceMatrixPath": "bad/shape"}, "UnsupportedFormat", "barcodes"),
+        ({"sourceMatrixPath": "bad/negative"}, "UnsupportedFormat", "negative"),
+        ({"sourceMatrixPath": "bad/fractional"}, "UnsupportedFormat", "integer"),
+    ],
+)
+def test_bad_sources_get_clear_errors(session_worker, session_settings, fields, code, mentions):
+    header = "%%MatrixMarket matrix coordinate integer general"
+    write_mtx(session_settings, "bad/shape", [header, "3 4 2", "1 1 5", "2 2 3"], 5, 3)
+    write_mtx(session_settings, "bad/negative", [header, "3 4 2", "1 1 5", "2 2 -3"], 4, 3)
+    write_mtx(session_settings, "bad/fractional", [header, "3 4 2", "1 1 5", "2 2 0.5"], 4, 3)
+    body = {"name": "PrepareExperiment", "sourceBucket": SOURCE_BUCKET,
+            "sourceMatrixPath": "shared/v2_mtx"} | fields  # fmt: skip
+    response = session_worker.ask(body, experiment_id="bad-source")
+    error = result_body(response, session_settings)["error"]
+    assert response["response"] == {"cacheable": False, "error": True}
+    assert error["code"] == code
+    assert mentions in error["message"]
+
+
+def test_failure_midway_leaves_the_earlier_version(session_worker, session_settings):
+    settings = session_settings
+    response, first = prepare(session_worker, settings, "fails-later", "shared/v3_mtx_gz")
+    assert response["response"]["error"] is False
+    manifest = read_manifest(settings.store_root, "fails-later", settings.aws)
+    # Every cell has the same counts: the matrix is written, then no gene varies, and the
+    # preparation fails after its store version was half built.
+    header = "%%MatrixMarket matrix coordinate integer general"
+    lines = [header, "3 40 120"] + [f"{g} {c} 2" for c in range(1, 41) for g in (1, 2, 3)]
+    write_mtx(settings, "constant", lines, 40, 3)
+    response, failed = prepare(session_worker, settings, "fails-later", "constant")
+    assert failed["error"]["code"] == "UnsupportedFormat"
+    assert read_manifest(settings.store_root, "fails-later", settings.aws) == manifest
+    assert list_versions(settings.store_root, "fails-later", settings.aws) == [manifest["version"]]
+    genes = session_worker.ask({"name": "ListGenes", "limit": 3}, experiment_id="fails-later")
+    assert result_body(genes, settings)["total"] == first["genes"]
+
+
+def test_preparing_twice_gives_equal_stores_and_cell_sets(session_worker, session_settings):
+    settings = session_settings
+    stores, cell_sets = [], []
+    for _ in range(2):
+        response, result = prepare(session_worker, settings, "twice", "shared/v3_h5/"
+                                   "v3_filtered_feature_bc_matrix.h5")  # fmt: skip
+        assert response["response"]["error"] is False, result
+        stores.append(ad.read_zarr(zarr_store(result["store"], settings.aws, read_only=True)))
+        cell_sets.append(read_cell_sets(settings.cell_sets_bucket, "twice", settings.aws))
+    first, second = stores
+    assert first.obs.equals(second.obs) and first.var.equals(second.var)
+    assert (first.X != second.X).nnz == 0
+    assert (first.layers["counts_by_gene"] != second.layers["counts_by_gene"]).nnz == 0
+    np.testing.assert_array_equal(first.obsm["X_pca"], second.obsm["X_pca"])
+    assert (first.obsp["connectivities"] != second.obsp["connectivities"]).nnz == 0
+    assert cell_sets[0] == cell_sets[1]
+
+
+def test_sample_folders_make_one_experiment(session_worker, session_settings):
+    settings = session_settings
+    upload_folder(settings, SHARED_DATA / "v3_mtx_gz", SOURCE_BUCKET, "two/b_mtx")
+    upload_folder(
+        settings, SHARED_DATA / "v3_filtered_feature_bc_matrix.h5", SOURCE_BUCKET, "two/a_h5"
+    )
+    response, result = prepare(session_worker, settings, "two-samples", "two")
+    assert response["response"]["error"] is False, result
+    assert result["samples"] == 2
+    store = ad.read_zarr(zarr_store(result["store"], settings.aws, read_only=True))
+    reference = scanpy_reference("v3_h5")
+    n = reference.n_obs
+    assert result["cells"] == 2 * n
+    np.testing.assert_array_equal(store.obs["barcode"][:n], "a_h5_" + reference.obs_names)
+    np.testing.assert_array_equal(store.obs["barcode"][n:], "b_mtx_" + reference.obs_names)
+    assert list(store.obs["sample"][[0, n]]) == ["a_h5", "b_mtx"]
+    reference.X.sort_indices()
+    assert (store.X[n:] != reference.X).nnz == 0
+    hierarchies = {h["key"]: h for h in read_cell_sets(settings.cell_sets_bucket, "two-samples",
+                                                        settings.aws)}  # fmt: skip
+    samples = hierarchies["sample"]["children"]
+    assert [child["name"] for child in samples] == ["a_h5", "b_mtx"]
+    assert samples[1]["cellIds"] == list(range(n, 2 * n))
+    louvain_ids = sorted(
+        i for child in hierarchies["louvain"]["children"] for i in child["cellIds"]
+    )
+    assert louvain_ids == list(range(2 * n))

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import secrets
 import threading
+import warnings
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -25,8 +26,11 @@ from worker.settings import AwsSettings
 
 log = logging.getLogger(__name__)
 
-# The store is zarr format 3 (sharding); anndata still writes format 2 unless told.
+# The store is zarr format 3 with sharded arrays; anndata still writes format 2 unless told.
 ad.settings.zarr_write_format = 3
+ad.settings.auto_shard_zarr_v3 = True
+# Consolidated metadata is what lets a store open in one read; zarr warns it is not in the spec.
+warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
 
 STORE_FORMAT = 1
 MANIFEST = "manifest.json"

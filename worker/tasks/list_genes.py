@@ -56,7 +56,10 @@ def list_genes(context: TaskContext, body: ListGenesBody) -> dict:
     )
     page = ordered.iloc[body.offset : body.offset + body.limit]
     fields = list(dict.fromkeys(body.selectFields))
-    return {"rows": page[fields].to_dict(orient="records"), "total": len(genes)}
+    # numpy values, not Python floats, so float32 columns are written float32-precise.
+    columns = [page[field].to_numpy() for field in fields]
+    rows = [dict(zip(fields, values, strict=True)) for values in zip(*columns, strict=True)]
+    return {"rows": rows, "total": len(genes)}
 
 
 TASK = Task(name="ListGenes", body=ListGenesBody, cacheable=True, compute=list_genes)

@@ -1,0 +1,45 @@
+"""The sample the local default is seeded with, and its experiment prepared at first start."""
+
+import logging
+
+from distributed import Client
+
+from worker.datasets.synthetic import make_pbmc_sample, write_10x_mtx
+from worker.jsonio import loads
+from worker.settings import Settings
+from worker.store.experiment import filesystem, read_manifest
+from worker.tasks import run_task
+from worker.tasks.base import TaskContext
+
+log = logging.getLogger(__name__)
+
+SAMPLE_BUCKET = "biomage-source-originals"
+SAMPLE_PREFIX = "pbmc_count_matrices/hg19"
+SAMPLE_EXPERIMENT = "5e959f9c9f4b120771249001"
+
+
+def seed_sample(settings: Settings, client: Client) -> None:
+    """Write the PBMC-like sample to the source bucket and prepare its experiment, once."""
+    if SAMPLE_BUCKET not in settings.source_buckets:
+        log.warning("%s is not an allowed source bucket: sample not seeded", SAMPLE_BUCKET)
+        return
+    fs, _ = filesystem("s3://", settings.aws)
+    folder = f"{SAMPLE_BUCKET}/{SAMPLE_PREFIX}"
+    if not fs.exists(f"{folder}/matrix.mtx.gz"):
+        write_10x_mtx(fs, folder, make_pbmc_sample(), version=3)
+        print(f"seeded the sample at s3://{folder}/", flush=True)
+    if read_manifest(settings.store_root, SAMPLE_EXPERIMENT, settings.aws) is not None:
+        return
+    print(f"preparing the sample experiment {SAMPLE_EXPERIMENT} ...", flush=True)
+    body = {"name": "PrepareExperiment", "sourceBucket": SAMPLE_BUCKET,
+            "sourceMatrixPath": SAMPLE_PREFIX}  # fmt: skip
+    context = TaskContext.for_experiment(settings, SAMPLE_EXPERIMENT)
+    code, result = client.submit(run_task, body, context, settings.shows_tracebacks).result()
+    if code is not None:
+        raise RuntimeError(f"preparing the sample failed: {result.decode()}")
+    summary = loads(result)
+    print(
+        f"prepared {SAMPLE_EXPERIMENT}: {summary['cells']} cells x {summary['genes']} genes "
+        f"in {summary['seconds']:.1f}s",
+        flush=True,
+    )
