@@ -5,8 +5,8 @@ import contextlib
 import logging
 import secrets
 import threading
-import warnings
 import time
+import warnings
 from collections import OrderedDict
 from datetime import UTC, datetime
 from functools import cached_property
