@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import anndata
@@ -25,6 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from scipy import sparse
 
 from worker.store.sources.blocks import canonical_csr
+from worker.store.sources.sample import SourceSample
 
 MARKERS_BY_CELL_TYPE = {
     "CD4 naive T": ("CD3D", "CD3E", "IL7R", "CCR7", "LEF1", "TCF7"),
@@ -345,3 +346,33 @@ def _local_file(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
 def _named_genes() -> list[str]:
     markers = [name for names in MARKERS_BY_CELL_TYPE.values() for name in names]
     return [*markers, *HOUSEKEEPING_GENES, *MITOCHONDRIAL_GENES]
+
+
+def as_source_sample(dataset: SyntheticDataset, name: str = "synthetic") -> SourceSample:
+    """The dataset as a source sample read straight from the generator, with no file."""
+    return SourceSample(
+        name=name,
+        n_cells=dataset.n_cells,
+        n_genes=dataset.n_genes,
+        barcodes=dataset.barcodes,
+        gene_ids=dataset.gene_ids,
+        gene_names=dataset.gene_names,
+        read_blocks=partial(_regrouped_blocks, dataset),
+    )
+
+
+def _regrouped_blocks(
+    dataset: SyntheticDataset, rows_per_block: int
+) -> Iterator[sparse.csr_matrix]:
+    pending: list[sparse.csr_matrix] = []
+    pending_rows = 0
+    for block in dataset.row_blocks():
+        pending.append(block)
+        pending_rows += block.shape[0]
+        while pending_rows >= rows_per_block:
+            joined = sparse.vstack(pending, format="csr")
+            yield joined[:rows_per_block]
+            pending = [joined[rows_per_block:]]
+            pending_rows -= rows_per_block
+    if pending_rows:
+        yield sparse.vstack(pending, format="csr")

@@ -11,6 +11,7 @@ then the neighbour graph and clustering on the PCA, which fits in memory.
 
 import itertools
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 
@@ -98,14 +99,12 @@ class _Stages:
     def done(self, stage: str, **counts) -> None:
         now = time.monotonic()
         details = " ".join(f"{name}={value}" for name, value in counts.items())
+        # The peak memory of this process (the one orchestrating) so far, for capacity planning.
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         log.info(
-            "prepare %s: %s done in %.1fs (%.1fs in all) %s",
-            self._url,
-            stage,
-            now - self._last,
-            now - self._started,
-            details,
-        )
+            "prepare %s: %s done in %.1fs (%.1fs in all, peak %.0f MiB) %s",
+            self._url, stage, now - self._last, now - self._started, peak_mib, details,
+        )  # fmt: skip
         self._last = now
 
 
@@ -291,6 +290,7 @@ def _scan_row_block(
     fs, scratch_path = filesystem(scratch, aws)
     segments = []
     for segment, piece in cut_row_block(block, gene_ranges):
+        fs.makedirs(f"{scratch_path}/{segment}", exist_ok=True)
         fs.pipe_file(f"{scratch_path}/{segment}/{block_index}", encode_piece(piece))
         segments.append(segment)
     return covariance.n_cells, covariance.column_sum, covariance.gram, segments
