@@ -217,3 +217,31 @@ def _wait_for_gate(name: str) -> None:
     from distributed import Event
 
     Event(name).wait(timeout=60)
+
+
+def test_visibility_is_extended_while_a_task_runs(settings, dask_client):
+    """A request computing for several visibility timeouts is received once, answered once."""
+    from distributed import Event
+
+    from tests.conftest import RunningWorker
+
+    short = settings.__class__(**{**settings.__dict__, "visibility_timeout_s": 2})
+    write_gene_table_store(settings, "slowvisibility")
+    running = RunningWorker(short, dask_client)
+    gate = Event(f"gate-visibility-{short.queue}")
+    blockers = [dask_client.submit(_wait_for_gate, gate.name, pure=False) for _ in range(4)]
+    try:
+        request = make_request({"name": "ListGenes", "limit": 1}, experiment_id="slowvisibility")
+        running.send(request)
+        # Hold the Dask workers for three visibility timeouts.
+        time.sleep(6)
+        gate.set()
+        assert running.response(request["uuid"])["response"]["error"] is False
+        with pytest.raises(AssertionError, match="no response"):
+            running.response(request["uuid"], timeout_s=3)
+        wait_until_queue_empty(running)
+    finally:
+        gate.set()
+        for blocker in blockers:
+            blocker.result()
+        running.stop()

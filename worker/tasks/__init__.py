@@ -8,12 +8,35 @@ from pydantic import ValidationError
 from worker.errors import InvalidRequest, TaskFailed, UnknownTask, WorkerError
 from worker.jsonio import dumps
 from worker.messages import TaskBody, error_body, invalid_request
-from worker.tasks import list_genes, prepare_experiment
+from worker.tasks import (
+    cluster_cells,
+    differential_expression,
+    gene_expression,
+    get_doublet_score,
+    get_embedding,
+    get_mitochondrial_content,
+    list_genes,
+    marker_heatmap,
+    prepare_experiment,
+)
 from worker.tasks.base import Task, TaskContext
 
 log = logging.getLogger(__name__)
 
-TASKS: dict[str, Task] = {task.name: task for task in (list_genes.TASK, prepare_experiment.TASK)}
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        cluster_cells.TASK,
+        differential_expression.TASK,
+        gene_expression.TASK,
+        get_doublet_score.TASK,
+        get_embedding.TASK,
+        get_mitochondrial_content.TASK,
+        list_genes.TASK,
+        marker_heatmap.TASK,
+        prepare_experiment.TASK,
+    )
+}
 
 
 def find_task(body: dict) -> tuple[Task, TaskBody]:

@@ -1,0 +1,59 @@
+"""GetDoubletScore: each cell's Scrublet doublet score, computed per sample on the first request
+and cached in the store."""
+
+import itertools
+from typing import Literal
+
+import numpy as np
+import scanpy as sc
+from anndata import AnnData
+from anndata.io import read_elem
+
+from worker.messages import TaskBody
+from worker.store.build import BuildOptions, read_rows
+from worker.store.cached import read_cached, write_cached
+from worker.store.experiment import ExperimentStore, open_experiment
+from worker.tasks.base import Task, TaskContext
+
+# Kept apart from the obs table (not in its column-order), so adding it never rewrites obs.
+DOUBLET_SCORES = "obs/doublet_score"
+# Scrublet projects on 30 principal components; smaller samples are left unscored.
+MIN_CELLS = BuildOptions.min_cells_for_graph
+
+
+class GetDoubletScoreBody(TaskBody):
+    name: Literal["GetDoubletScore"]
+
+
+def get_doublet_score(context: TaskContext, body: GetDoubletScoreBody) -> np.ndarray:
+    store = open_experiment(context.store_root, context.experiment_id, context.aws)
+    scores = read_cached(store, DOUBLET_SCORES)
+    if scores is None:
+        scores = doublet_scores(store)
+        write_cached(store, context.aws, DOUBLET_SCORES, scores)
+    return scores
+
+
+def doublet_scores(store: ExperimentStore) -> np.ndarray:
+    """`sc.pp.scrublet` run on each sample's raw counts alone, seeded with the store's seed.
+
+    NaN where a cell is not scored: in a sample under MIN_CELLS cells, or with fewer than 3
+    genes (Scrublet drops those). Each sample's counts are held in memory while it is scored.
+    """
+    random_state = int(read_elem(store.group["uns/worker/parameters"])["random_state"])
+    sample_codes = read_elem(store.group["obs/sample"]).codes
+    # Samples are stored one after the other, so each is one run of rows.
+    bounds = [0, *(np.flatnonzero(np.diff(sample_codes)) + 1), len(sample_codes)]
+    scores = np.full(len(sample_codes), np.nan, dtype=np.float32)
+    for start, stop in itertools.pairwise(bounds):
+        if stop - start < MIN_CELLS:
+            continue
+        sample = AnnData(read_rows(store.group, start, stop))
+        sc.pp.scrublet(sample, random_state=random_state, verbose=False)
+        scores[start:stop] = sample.obs["doublet_score"].to_numpy()
+    return scores
+
+
+TASK = Task(
+    name="GetDoubletScore", body=GetDoubletScoreBody, cacheable=True, compute=get_doublet_score
+)

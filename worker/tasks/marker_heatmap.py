@@ -1,0 +1,123 @@
+"""MarkerHeatmap: the top marker genes of each cluster of a hierarchy, and their log-normalised
+values in a sample of the clusters' cells."""
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+from scipy import sparse
+
+from worker.compute.graph import ClusterMethod
+from worker.compute.rank import rank_gene_block
+from worker.errors import CellSetNotFound
+from worker.messages import TaskBody
+from worker.store.cell_sets import read_cell_sets
+from worker.store.experiment import open_experiment
+from worker.store.gene_blocks import map_gene_blocks
+from worker.tasks.base import Task, TaskContext
+from worker.tasks.cluster_cells import ClusterConfig
+from worker.tasks.gene_expression import log_normalised_genes, summary
+
+NOT_IN_HIERARCHY = -1
+
+
+class MarkerHeatmapBody(TaskBody):
+    name: Literal["MarkerHeatmap"]
+    nGenes: int = Field(default=5, ge=1, le=100)
+    # The clustering that made the hierarchy, as the client shows it: it keys the API's cache;
+    # the markers come from the stored hierarchy `cellSetKey` as it is.
+    type: ClusterMethod = "louvain"
+    config: ClusterConfig = Field(default_factory=ClusterConfig)
+    cellSetKey: str = Field(default="louvain", max_length=200)
+    maxCells: int = Field(default=1000, ge=1, le=100_000)
+
+
+def child_labels(hierarchies: list[dict], key: str, n_cells: int) -> np.ndarray:
+    """Each cell's child of the hierarchy `key` (the first child holding it), or -1."""
+    root = next((node for node in hierarchies if node.get("key") == key), None)
+    if root is None:
+        raise CellSetNotFound(f"cell set hierarchy {key!r} does not exist")
+    labels = np.full(n_cells, NOT_IN_HIERARCHY, dtype=np.int64)
+    for child, node in reversed(list(enumerate(root.get("children") or []))):
+        cell_ids = np.asarray(node.get("cellIds") or [], dtype=np.int64)
+        labels[cell_ids[(cell_ids >= 0) & (cell_ids < n_cells)]] = child
+    return labels
+
+
+def one_vs_rest_zscores(
+    counts_by_gene_block: sparse.sparray,
+    total_counts: np.ndarray,
+    labels: np.ndarray,
+    children: list[int],
+) -> np.ndarray:
+    """Wilcoxon z-scores (children x genes) of each child against the hierarchy's other cells."""
+    in_hierarchy = labels != NOT_IN_HIERARCHY
+    return np.vstack(
+        [
+            rank_gene_block(
+                counts_by_gene_block,
+                total_counts,
+                labels == child,
+                in_hierarchy & (labels != child),
+            )["zscore"]
+            for child in children
+        ]
+    )
+
+
+def even_sample(cell_ids: np.ndarray, size: int) -> np.ndarray:
+    """`size` of the ascending `cell_ids`, evenly spaced, each the middle of its stretch."""
+    return cell_ids[(2 * np.arange(size) + 1) * len(cell_ids) // (2 * size)]
+
+
+def proportional_quotas(sizes: np.ndarray, total: int) -> np.ndarray:
+    """`total` split in proportion to `sizes` by largest remainders (ties to the first)."""
+    if sizes.sum() <= total:
+        return sizes
+    shares = sizes * total / sizes.sum()
+    quotas = np.floor(shares).astype(np.int64)
+    by_remainder = np.argsort(-(shares - quotas), kind="stable")
+    quotas[by_remainder[: total - quotas.sum()]] += 1
+    return quotas
+
+
+def marker_heatmap(context: TaskContext, body: MarkerHeatmapBody) -> dict:
+    store = open_experiment(context.store_root, context.experiment_id, context.aws)
+    hierarchies = read_cell_sets(context.cell_sets_bucket, context.experiment_id, context.aws)
+    labels = child_labels(hierarchies, body.cellSetKey, store.n_cells)
+    sizes = np.bincount(labels[labels != NOT_IN_HIERARCHY], minlength=labels.max() + 1)
+    # A child with no cells, or with all of the hierarchy's cells, has no one-vs-rest ranking.
+    ranked_children = [child for child, size in enumerate(sizes) if 0 < size < sizes.sum()]
+
+    marker_indices: dict[int, None] = {}
+    if ranked_children:
+        zscores = np.hstack(
+            map_gene_blocks(
+                store, context.aws, one_vs_rest_zscores, store.total_counts, labels, ranked_children
+            )
+        )
+        for child_zscores in zscores:
+            top = np.argsort(-child_zscores, kind="stable")[: body.nGenes]
+            marker_indices.update(dict.fromkeys(top.tolist()))
+    gene_indices = np.array(list(marker_indices), dtype=np.int64)
+
+    cell_order = np.concatenate(
+        [
+            even_sample(np.flatnonzero(labels == child), quota)
+            for child, quota in enumerate(proportional_quotas(sizes, body.maxCells))
+        ]
+        or [np.zeros(0, dtype=np.int64)]
+    )
+    values = log_normalised_genes(store, gene_indices)[cell_order].toarray()
+    gene_names = store.var["gene_names"].to_numpy()[gene_indices].tolist()
+    return {
+        "order": gene_names,
+        "cellOrder": cell_order.tolist(),
+        "data": {
+            gene: {"expression": gene_values, **summary(gene_values)}
+            for gene, gene_values in zip(gene_names, np.ascontiguousarray(values.T), strict=True)
+        },
+    }
+
+
+TASK = Task(name="MarkerHeatmap", body=MarkerHeatmapBody, cacheable=True, compute=marker_heatmap)
