@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TIER ?= small
+# numba (pynndescent, UMAP) compiles on first use in every process; caching the machine code
+# lets each Dask worker after the first load it instead.
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
 
 .PHONY: venv run test lint demo bench lock
 
@@ -26,7 +29,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: venv
 	$(BIN)/python -m benchmarks --tier $(TIER)

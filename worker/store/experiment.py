@@ -1,6 +1,7 @@
 """The experiment store: where versions live, the manifest that makes one current, and
 opening the current version (cached per process, so a Dask worker reopens nothing)."""
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -18,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 import zarr
 from anndata.io import read_elem
+from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
 from worker.errors import ExperimentNotFound
@@ -63,6 +65,8 @@ def new_version_name() -> str:
 
 def read_manifest(store_root: str, experiment_id: str, aws: AwsSettings) -> dict | None:
     fs, path = filesystem(f"{experiment_url(store_root, experiment_id)}/{MANIFEST}", aws)
+    # s3fs sizes a file from its cached listing: one made before the manifest existed hides it.
+    fs.invalidate_cache(path)
     try:
         return loads(fs.cat_file(path))
     except FileNotFoundError:
@@ -144,17 +148,28 @@ class ExperimentStore:
         matrix = self.group["layers/counts_by_gene"]
         indptr = self._counts_by_gene_indptr
         starts, stops = indptr[gene_indices], indptr[np.asarray(gene_indices) + 1]
-        data = [matrix["data"][start:stop] for start, stop in zip(starts, stops, strict=True)]
-        indices = [matrix["indices"][start:stop] for start, stop in zip(starts, stops, strict=True)]
-        lengths = stops - starts
+        slices = [slice(int(start), int(stop)) for start, stop in zip(starts, stops, strict=True)]
+        values = read_slices([(matrix["data"], part) for part in slices] + [
+            (matrix["indices"], part) for part in slices
+        ])  # fmt: skip
+        data, indices = values[: len(slices)], values[len(slices) :]
         return sp.csc_matrix(
             (
                 np.concatenate(data) if data else np.zeros(0, np.float32),
                 np.concatenate(indices) if indices else np.zeros(0, np.int32),
-                np.concatenate([[0], np.cumsum(lengths)]),
+                np.concatenate([[0], np.cumsum(stops - starts)]),
             ),
             shape=(self.n_cells, len(gene_indices)),
         )
+
+
+def read_slices(reads: list[tuple[zarr.Array, slice]]) -> list[np.ndarray]:
+    """Each (array, slice) read, all at once: on S3 the round trips overlap."""
+
+    async def read_all():
+        return await asyncio.gather(*(array._async_array.getitem(part) for array, part in reads))
+
+    return sync(read_all())
 
 
 _manifests: dict[tuple[str, str], tuple[float, dict | None]] = {}
