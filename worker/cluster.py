@@ -45,12 +45,15 @@ def package_versions() -> dict[str, str]:
 
 
 def start_local_cluster(*, dashboard_address: str | None = None) -> LocalCluster:
-    options = dask.config.get("worker.local-cluster", default={})
+    def option(name: str, default):
+        # dask.config.get, not dict.get: it matches `n-workers` and an environment's `n_workers`.
+        return dask.config.get(f"worker.local-cluster.{name}", default=default)
+
     return LocalCluster(
-        n_workers=options.get("n-workers", 2),
-        threads_per_worker=options.get("threads-per-worker", 2),
-        memory_limit=options.get("memory-limit", "auto"),
-        dashboard_address=dashboard_address or options.get("dashboard-address", ":8787"),
+        n_workers=option("n-workers", 2),
+        threads_per_worker=option("threads-per-worker", 2),
+        memory_limit=option("memory-limit", "auto"),
+        dashboard_address=dashboard_address or option("dashboard-address", ":8787"),
         processes=True,
     )
 

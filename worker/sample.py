@@ -1,12 +1,15 @@
 """The sample the local default is seeded with, and its experiment prepared at first start."""
 
 import logging
+import sys
 
 from distributed import Client
+from tqdm import tqdm
 
 from worker.datasets.synthetic import make_pbmc_sample, write_10x_mtx
 from worker.jsonio import loads
 from worker.settings import Settings
+from worker.store.build import PROGRESS_TOPIC, STAGES
 from worker.store.experiment import filesystem, read_manifest
 from worker.tasks import run_task
 from worker.tasks.base import TaskContext
@@ -34,7 +37,22 @@ def seed_sample(settings: Settings, client: Client) -> None:
     body = {"name": "PrepareExperiment", "sourceBucket": SAMPLE_BUCKET,
             "sourceMatrixPath": SAMPLE_PREFIX}  # fmt: skip
     context = TaskContext.for_experiment(settings, SAMPLE_EXPERIMENT)
-    code, result = client.submit(run_task, body, context, settings.shows_tracebacks).result()
+    with tqdm(total=len(STAGES), unit="stage", desc="prepare", file=sys.stdout) as bar:
+
+        def show(event: tuple) -> None:
+            progress = event[1]
+            if "stagesDone" in progress:
+                bar.update(progress["stagesDone"] - bar.n)
+            else:
+                bar.set_postfix_str(f"{progress['done']}/{progress['total']} cells")
+
+        client.subscribe_topic(PROGRESS_TOPIC, show)
+        try:
+            code, result = client.submit(
+                run_task, body, context, settings.shows_tracebacks
+            ).result()
+        finally:
+            client.unsubscribe_topic(PROGRESS_TOPIC)
     if code is not None:
         raise RuntimeError(f"preparing the sample failed: {result.decode()}")
     summary = loads(result)

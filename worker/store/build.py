@@ -13,6 +13,7 @@ import itertools
 import logging
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,13 +89,28 @@ class _Ingested:
     indptr: np.ndarray
 
 
-class _Stages:
-    """Logs each stage with its elapsed time."""
+PROGRESS_TOPIC = "worker-prepare-progress"
+STAGES = (
+    "ingest",
+    "highly variable genes",
+    "covariance scan",
+    "gene-major copy and projection",
+    "neighbours and clustering",
+    "tables and metadata",
+)
 
-    def __init__(self, url: str):
+
+class _Stages:
+    """Logs each stage with its elapsed time, and reports progress to `report` if given."""
+
+    def __init__(self, url: str, report: Callable[[dict], None] | None):
         self._url = url
+        self._report = report or (lambda progress: None)
         self._started = time.monotonic()
         self._last = self._started
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self._report({"stage": stage, "done": done, "total": total})
 
     def done(self, stage: str, **counts) -> None:
         now = time.monotonic()
@@ -106,6 +122,7 @@ class _Stages:
             self._url, stage, now - self._last, now - self._started, peak_mib, details,
         )  # fmt: skip
         self._last = now
+        self._report({"stage": stage, "stagesDone": STAGES.index(stage) + 1})
 
 
 def build_store(
@@ -115,9 +132,14 @@ def build_store(
     client: Client,
     options: BuildOptions,
     provenance: dict,
+    report: Callable[[dict], None] | None = None,
 ) -> BuildSummary:
-    """Write a complete AnnData zarr store at `url` (which must not exist yet)."""
-    stages = _Stages(url)
+    """Write a complete AnnData zarr store at `url` (which must not exist yet).
+
+    `report` receives progress: `{"stage", "done", "total"}` while ingesting cells, and
+    `{"stage", "stagesDone"}` as each of `STAGES` ends.
+    """
+    stages = _Stages(url, report)
     root = zarr.open_group(zarr_store(url, aws, read_only=False), mode="w", zarr_format=3)
     root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
     gene_ids = np.asarray(samples[0].gene_ids, dtype=str)
@@ -127,7 +149,7 @@ def build_store(
     )
     n_genes = len(gene_ids)
 
-    ingested = _ingest(root, samples, is_mito, options)
+    ingested = _ingest(root, samples, is_mito, options, stages)
     n_cells, nnz = len(ingested.barcodes), int(ingested.indptr[-1])
     if n_cells < 2:
         raise UnsupportedFormat(f"the source has {n_cells} cell(s); at least 2 are needed")
@@ -206,7 +228,11 @@ def build_store(
 
 
 def _ingest(
-    root: zarr.Group, samples: list[SourceSample], is_mito: np.ndarray, options: BuildOptions
+    root: zarr.Group,
+    samples: list[SourceSample],
+    is_mito: np.ndarray,
+    options: BuildOptions,
+    stages: _Stages,
 ) -> _Ingested:
     n_cells = sum(sample.n_cells for sample in samples)
     n_genes = samples[0].n_genes

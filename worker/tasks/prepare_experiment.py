@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from worker.errors import InvalidRequest
 from worker.messages import TaskBody
-from worker.store.build import BuildOptions, build_store
+from worker.store.build import PROGRESS_TOPIC, BuildOptions, build_store
 from worker.store.cell_sets import (
     cluster_hierarchy,
     read_cell_sets,
@@ -59,7 +59,15 @@ def prepare_experiment(
     try:
         with worker_client() as client:
             summary = build_store(
-                url, samples, context.aws, client, options or BuildOptions(), provenance
+                url,
+                samples,
+                context.aws,
+                client,
+                options or BuildOptions(),
+                provenance,
+                report=lambda progress: client.log_event(
+                    PROGRESS_TOPIC, {"experimentId": context.experiment_id, **progress}
+                ),
             )
     except BaseException:
         delete_version(context.store_root, context.experiment_id, version, context.aws)
