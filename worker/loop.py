@@ -15,7 +15,7 @@ from worker.health import HealthServer
 from worker.jsonio import dumps
 from worker.messages import PoisonMessage, build_response, error_body, parse_request, response_text
 from worker.settings import Settings
-from worker.tasks import find_task, run_task
+from worker.tasks import TASKS, find_task, run_task
 from worker.tasks.base import TaskContext
 from worker.transport.queue import ReceivedMessage, WorkQueue
 from worker.transport.results import ResultPublisher
@@ -91,8 +91,15 @@ class QueueWorker:
                 self._handle(message)
         except Exception:
             # Not deleted: the message becomes visible again and is retried, then dead-lettered.
+            last_try = message.receive_count >= self._settings.max_receive_count
             log.exception(
-                "request %s failed outside its task; left on the queue", message.message_id
+                "request %s failed outside its task on receive %d of %d; %s",
+                message.message_id,
+                message.receive_count,
+                self._settings.max_receive_count,
+                "the queue moves it to the dead-letter queue"
+                if last_try
+                else "left on the queue for a retry",
             )
         finally:
             self._slots.release()
@@ -112,11 +119,10 @@ class QueueWorker:
             self._finish("unknown", "poison", started, message_id=message.message_id)
             return
         envelope = request.envelope
-        task_name = (
-            str(request.raw.get("body", {}).get("name", "unknown"))[:100]
-            if isinstance(request.raw.get("body"), dict)
-            else "unknown"
-        )
+        body = request.raw.get("body")
+        name = body.get("name") if isinstance(body, dict) else None
+        # Metrics are labelled by task: a label per invented name would grow without bound.
+        task_name = name if isinstance(name, str) and name in TASKS else "unknown"
         if request.invalid is not None:
             self._answer(
                 message, request.raw, error_body(request.invalid), error=True, cacheable=False

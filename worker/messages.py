@@ -13,6 +13,11 @@ from worker.jsonio import dumps
 
 MAX_MESSAGE_BYTES = 256 * 1024
 OFFLOAD_BYTES = int(0.8 * MAX_MESSAGE_BYTES)
+# The response echoes the request, escaped inside SNS's wrapper, and only result bodies can move
+# to the results bucket: a larger request could never be answered under 256 KiB.
+MAX_ECHO_BYTES = MAX_MESSAGE_BYTES // 2
+# Field names in error messages come from the request: long ones are cut.
+MAX_FIELD_CHARS = 200
 EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
@@ -23,7 +28,8 @@ class PoisonMessage(Exception):
 class TaskBody(BaseModel):
     """What every task body has: its name. Task bodies extend this."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a wrong JSON type (`"5"`, `true` for a number) is an error, not coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str
 
 
@@ -39,7 +45,7 @@ class Envelope(BaseModel):
     @field_validator("experimentId")
     @classmethod
     def _safe_experiment_id(cls, value: str) -> str:
-        if not EXPERIMENT_ID.match(value):
+        if not EXPERIMENT_ID.fullmatch(value):
             raise ValueError("must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
         return value
 
@@ -78,6 +84,12 @@ def parse_request(text: str) -> Request:
         raise PoisonMessage(f"not JSON: {error}") from None
     if not isinstance(raw, dict):
         raise PoisonMessage("not a JSON object")
+    try:
+        echoed = len(dumps({"default": dumps(raw).decode()}))
+    except TypeError as error:
+        raise PoisonMessage(f"cannot be echoed in a response: {error}") from None
+    if echoed > MAX_ECHO_BYTES:
+        raise PoisonMessage(f"request of {echoed} bytes once escaped is too large to echo")
     if not isinstance(raw.get("uuid"), str) or not raw["uuid"]:
         raise PoisonMessage("no uuid to answer to")
     if not isinstance(raw.get("socketId"), str):
@@ -93,7 +105,7 @@ def invalid_request(error: ValidationError, prefix: str = "") -> InvalidRequest:
     problems = []
     for detail in error.errors(include_url=False, include_input=False)[:10]:
         field = ".".join(str(part) for part in (prefix, *detail["loc"]) if part != "")
-        problems.append(f"{field or '(body)'}: {detail['msg']}")
+        problems.append(f"{field[:MAX_FIELD_CHARS] or '(body)'}: {detail['msg']}")
     return InvalidRequest("invalid request: " + "; ".join(problems))
 
 

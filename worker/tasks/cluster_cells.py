@@ -22,7 +22,7 @@ from worker.tasks.base import Task, TaskContext
 
 
 class ClusterConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     resolution: float = Field(default=0.8, ge=0, le=2)
 
 

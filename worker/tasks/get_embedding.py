@@ -17,7 +17,7 @@ from worker.tasks.base import Task, TaskContext
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class UmapConfig(_Config):

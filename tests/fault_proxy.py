@@ -1,0 +1,110 @@
+"""An HTTP proxy on loopback in front of the AWS emulator that fails chosen requests, to test
+how the worker rides out S3 and SNS faults."""
+
+import http.client
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+# SigV4 names the service: `Credential=KEY/DATE/REGION/SERVICE/aws4_request`.
+SERVICE = re.compile(rb"/(\w+)/aws4_request")
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+@dataclass
+class Fault:
+    status: int
+    remaining: int | None  # None: until cleared
+    matching: bytes | None  # only requests whose body holds these bytes
+
+
+class FaultProxy:
+    """Forwards everything to `upstream`, except the requests a fault is set for."""
+
+    def __init__(self, upstream: str):
+        self._upstream = urlsplit(upstream).netloc
+        self._faults: dict[str, Fault] = {}
+        self._lock = threading.Lock()
+        self.failed: dict[str, int] = {}
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def fail(
+        self, service: str, status: int = 503, times: int | None = None, matching: bytes = b""
+    ) -> None:
+        """Answer the next `times` requests to `service` (all, if None) with `status`."""
+        with self._lock:
+            self._faults[service] = Fault(status, times, matching or None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _injected(self, service: str, body: bytes) -> int | None:
+        """The status to fail this request with, or None to forward it."""
+        with self._lock:
+            fault = self._faults.get(service)
+            if fault is None or (fault.matching and fault.matching not in body):
+                return None
+            if fault.remaining is not None:
+                fault.remaining -= 1
+                if fault.remaining == 0:
+                    del self._faults[service]
+            self.failed[service] = self.failed.get(service, 0) + 1
+            return fault.status
+
+
+def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            found = SERVICE.search(self.headers.get("Authorization", "").encode())
+            status = proxy._injected(found.group(1).decode() if found else "", body)
+            if status is not None:
+                self._reply(status, {}, _error(status))
+                return
+            upstream = http.client.HTTPConnection(proxy._upstream, timeout=60)
+            try:
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                response = upstream.getresponse()
+                self._reply(response.status, response.headers, response.read())
+            finally:
+                upstream.close()
+
+        def _reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    self.send_header(name, value)
+            length = headers.get("Content-Length") if self.command == "HEAD" else len(body)
+            self.send_header("Content-Length", str(length or 0))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+def _error(status: int) -> bytes:
+    code = "ServiceUnavailable" if status >= 500 else "InvalidParameter"
+    return (
+        f"<ErrorResponse><Error><Type>Receiver</Type><Code>{code}</Code>"
+        f"<Message>injected by the fault proxy</Message></Error></ErrorResponse>"
+    ).encode()
