@@ -48,7 +48,12 @@ from worker.store.shuffle import (
     segment_gene_ranges,
 )
 from worker.store.sources import SourceSample
-from worker.store.writer import SHARD_ELEMENTS, AppendingWriter, create_sparse_group
+from worker.store.writer import (
+    GENE_MAJOR_CHUNK_ELEMENTS,
+    SHARD_ELEMENTS,
+    AppendingWriter,
+    create_sparse_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -392,8 +397,9 @@ def _assemble_and_project(
     total_counts, hvg_index, scale, pcs, scratch, options,
 ) -> np.ndarray:  # fmt: skip
     matrix = create_sparse_group(
-        root["layers"], "counts_by_gene", "csc_matrix", shape, nnz, options.shard_elements
-    )
+        root["layers"], "counts_by_gene", "csc_matrix", shape, nnz, options.shard_elements,
+        GENE_MAJOR_CHUNK_ELEMENTS,
+    )  # fmt: skip
     matrix["indptr"][:] = gene_indptr
     block_starts = [start for start, _ in row_ranges]
     assembled = [

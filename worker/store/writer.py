@@ -7,9 +7,12 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-# Inner chunks of 1 Mi elements (4 MB raw, a few MB compressed), shards of 32 Mi elements
-# (128 MB raw) so S3 holds few objects. Dask and readers work in whole shards.
+# Shards of 32 Mi elements (128 MB raw) so S3 holds few objects; passes over the matrix work
+# in whole shards. Inner chunks of 1 Mi elements (4 MB raw) for the cell-major copy, which is
+# read in long runs; 64 Ki elements for the gene-major copy, whose readers want one gene's
+# slice and decode every chunk it touches.
 CHUNK_ELEMENTS = 1 << 20
+GENE_MAJOR_CHUNK_ELEMENTS = 1 << 16
 SHARD_ELEMENTS = 32 << 20
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
@@ -23,6 +26,7 @@ def create_sparse_group(
     shape: tuple[int, int],
     nnz: int,
     shard_elements: int = SHARD_ELEMENTS,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> zarr.Group:
     """An empty anndata sparse matrix group (`csr_matrix` or `csc_matrix`) of `nnz` entries."""
     group = parent.create_group(
@@ -31,14 +35,21 @@ def create_sparse_group(
     )
     major = shape[0] if encoding == "csr_matrix" else shape[1]
     for array_name, length in (("data", nnz), ("indices", nnz), ("indptr", major + 1)):
-        create_vector(group, array_name, length, SPARSE_DTYPES[array_name], shard_elements)
+        create_vector(
+            group, array_name, length, SPARSE_DTYPES[array_name], shard_elements, chunk_elements
+        )
     return group
 
 
 def create_vector(
-    group: zarr.Group, name: str, length: int, dtype, shard_elements: int = SHARD_ELEMENTS
+    group: zarr.Group,
+    name: str,
+    length: int,
+    dtype,
+    shard_elements: int = SHARD_ELEMENTS,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> zarr.Array:
-    chunk = min(CHUNK_ELEMENTS, shard_elements)
+    chunk = min(chunk_elements, shard_elements)
     return group.create_array(
         name,
         shape=(length,),

@@ -1,0 +1,99 @@
+"""`python -m benchmarks --tier T [--out DIR]`: generate the tier's data once, run scanpy's side
+then ours, each in a process of its own, and write DIR/T.json and DIR/T.md."""
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import h5py
+import psutil
+
+from benchmarks.tiers import TIERS, Tier, ensure_source
+from worker.jsonio import dumps, loads
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("scanpy", "ours")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--tier", choices=TIERS, default="small")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    # One side's run, in the process this command starts for it.
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    tier = TIERS[args.tier]
+    if args.side == "ours":
+        from benchmarks import ours
+
+        args.result.write_bytes(dumps(ours.run(tier)))
+    elif args.side == "scanpy":
+        from benchmarks import scanpy_side
+
+        args.result.write_bytes(dumps(scanpy_side.run(tier)))
+    else:
+        benchmark(tier, args.out, shlex.join(["python", "-m", "benchmarks", *argv]))
+    return 0
+
+
+def benchmark(tier: Tier, out: Path, command: str) -> None:
+    from benchmarks import report
+    from benchmarks.scanpy_side import estimated_peak_bytes
+
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    host = report.machine()
+    print(f"tier {tier.name}: {tier.source}", flush=True)
+    generated_s = ensure_source(tier)
+    with h5py.File(tier.source, "r") as file:
+        nnz = int(file["X/indptr"][-1])
+    dataset = {
+        "n_cells": tier.dataset.n_cells,
+        "n_genes": tier.dataset.n_genes,
+        "nnz": nnz,
+        "h5ad_mib": tier.source.stat().st_size / (1 << 20),
+        "generated": "cached" if generated_s is None else f"generated in {generated_s:.0f} s",
+    }
+    print(f"data: {dataset}", flush=True)
+
+    needed = estimated_peak_bytes(tier.dataset.n_cells, nnz)
+    available = psutil.virtual_memory().available
+    if needed > available:
+        scanpy = {
+            "skipped": f"not run: its estimated peak memory, {needed / (1 << 30):.1f} GiB, is "
+            f"more than the {available / (1 << 30):.1f} GiB available"
+        }
+        print(f"scanpy {scanpy['skipped']}", flush=True)
+    else:
+        scanpy = _run_side("scanpy", tier)
+    ours = _run_side("ours", tier)
+    if "skipped" in ours:
+        raise SystemExit(f"our side failed: {ours['skipped']}")
+
+    header = {"tier": tier.name, "command": command, "started_at": started_at}
+    combined = report.combine(header | {"machine": host, "dataset": dataset}, ours, scanpy)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tier.name}.json").write_bytes(dumps(combined))
+    (out / f"{tier.name}.md").write_text(report.markdown(combined))
+    print(f"\n{report.measures_table(combined)}\n")
+    print(f"wrote {out / f'{tier.name}.json'} and {out / f'{tier.name}.md'}")
+
+
+def _run_side(side: str, tier: Tier) -> dict:
+    """One side's results, run in a process of its own; `{"skipped": why}` if it failed."""
+    print(f"running the {side} side", flush=True)
+    with tempfile.TemporaryDirectory(prefix="benchmarks-") as folder:
+        result = Path(folder) / f"{side}.json"
+        command = [sys.executable, "-m", "benchmarks", "--tier", tier.name, "--side", side]
+        finished = subprocess.run([*command, "--result", str(result)], cwd=ROOT, check=False)
+        if finished.returncode != 0:
+            return {"skipped": f"its process failed with exit status {finished.returncode}"}
+        return loads(result.read_bytes())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
