@@ -62,7 +62,11 @@ def connect(scheduler_address: str) -> Client:
     """A client of the scheduler, refused when its workers run other package versions."""
     client = Client(scheduler_address, timeout="30s")
     ours = package_versions()
-    for address, theirs in client.run(package_versions).items():
+    versions_by_worker = client.run(package_versions)
+    if not versions_by_worker:
+        # Workers that join later are not checked: in a deployment they start with the worker.
+        log.warning("no Dask worker at %s yet: package versions not checked", scheduler_address)
+    for address, theirs in versions_by_worker.items():
         differing = {
             name: (ours[name], theirs.get(name)) for name in ours if theirs.get(name) != ours[name]
         }

@@ -67,8 +67,9 @@ tolerations:
 {{- end }}
 
 {{/*
-Environment of the worker and of the Dask workers: tasks run on the Dask workers and reach AWS
-from there, so both need the same settings. Empty names are left out: the worker then derives
+Environment of the worker and of the Dask workers. Only the worker reads these settings: tasks
+carry what they need to the Dask workers in their arguments. The Dask workers get them too so
+that one environment describes the release. Empty names are left out: the worker then derives
 them from CLUSTER_ENV.
 */}}
 {{- define "worker.env" -}}
@@ -84,6 +85,7 @@ them from CLUSTER_ENV.
   value: {{ .Values.worker.maxInFlight | quote }}
 {{- range $name, $value := dict
     "WORKER_QUEUE" .Values.worker.queue
+    "WORKER_DEAD_LETTER_QUEUE" .Values.worker.deadLetterQueue
     "WORKER_RESULTS_TOPIC" .Values.worker.resultsTopic
     "WORKER_RESULTS_BUCKET" .Values.worker.resultsBucket
     "WORKER_PROCESSED_BUCKET" .Values.worker.processedBucket
