@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.cluster import load_conf
+from worker.cluster import ClusterMismatch, load_conf
 from worker.jsonio import dumps, loads
 from worker.settings import Settings, load_settings
 from worker.transport.aws import aws_client
@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(settings, args.out)
     from worker.app import serve
 
-    return serve(settings)
+    try:
+        return serve(settings)
+    except ClusterMismatch as mismatch:
+        print(f"refusing to start: {mismatch}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

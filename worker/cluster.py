@@ -58,6 +58,10 @@ def start_local_cluster(*, dashboard_address: str | None = None) -> LocalCluster
     )
 
 
+class ClusterMismatch(RuntimeError):
+    """The Dask cluster runs other package versions than this worker."""
+
+
 def connect(scheduler_address: str) -> Client:
     """A client of the scheduler, refused when its workers run other package versions."""
     client = Client(scheduler_address, timeout="30s")
@@ -75,5 +79,5 @@ def connect(scheduler_address: str) -> Client:
             details = ", ".join(
                 f"{name} {mine} here but {other} there" for name, (mine, other) in differing.items()
             )
-            raise RuntimeError(f"Dask worker {address} runs other package versions: {details}")
+            raise ClusterMismatch(f"Dask worker {address} runs other package versions: {details}")
     return client

@@ -62,10 +62,16 @@ def provision(settings: Settings) -> str:
     sqs = aws_client("sqs", settings.aws)
     sns = aws_client("sns", settings.aws)
     s3 = aws_client("s3", settings.aws)
+
+    def queue(name: str, attributes: dict[str, str]) -> str:
+        """The queue's URL, created if missing; an existing queue is kept as it is."""
+        try:
+            return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        except sqs.exceptions.QueueDoesNotExist:
+            return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+
     fifo = {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
-    dead_letter_url = sqs.create_queue(QueueName=settings.dead_letter_queue, Attributes=fifo)[
-        "QueueUrl"
-    ]
+    dead_letter_url = queue(settings.dead_letter_queue, fifo)
     dead_letter_arn = sqs.get_queue_attributes(
         QueueUrl=dead_letter_url, AttributeNames=["QueueArn"]
     )["Attributes"]["QueueArn"]
@@ -73,16 +79,16 @@ def provision(settings: Settings) -> str:
         "deadLetterTargetArn": dead_letter_arn,
         "maxReceiveCount": settings.max_receive_count,
     }
-    queue_url = sqs.create_queue(
-        QueueName=settings.queue,
-        Attributes={
+    queue_url = queue(
+        settings.queue,
+        {
             **fifo,
             "VisibilityTimeout": str(settings.visibility_timeout_s),
             "RedrivePolicy": dumps(redrive).decode(),
         },
-    )["QueueUrl"]
+    )
     topic_arn = sns.create_topic(Name=settings.results_topic)["TopicArn"]
-    results_url = sqs.create_queue(QueueName=settings.results_queue)["QueueUrl"]
+    results_url = queue(settings.results_queue, {})
     results_arn = sqs.get_queue_attributes(QueueUrl=results_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]

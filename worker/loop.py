@@ -173,8 +173,10 @@ class QueueWorker:
         """The task's outcome, extending the message's visibility meanwhile; None if released."""
         extend_every = max(1.0, self._settings.visibility_timeout_s / 3)
         while True:
+            # Once stopping, wake at the end of the grace period rather than the next extension.
+            until_release = max(0.1, self._release_at - time.monotonic())
             try:
-                return future.result(timeout=extend_every)
+                return future.result(timeout=min(extend_every, until_release))
             except (FutureTimeout, TimeoutError):
                 if self._stopping.is_set() and time.monotonic() > self._release_at:
                     future.cancel()
