@@ -2,7 +2,8 @@
 
 import logging
 import signal
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from urllib.parse import urlsplit
 
 from distributed import Client
@@ -47,13 +48,20 @@ def dask_client(settings: Settings, resources: ExitStack) -> Client:
     return client
 
 
-def serve(settings: Settings) -> int:
-    """Run the worker until SIGINT or SIGTERM; returns the exit status."""
+@contextmanager
+def started(settings: Settings) -> Iterator[tuple[Client, WorkQueue, ResultPublisher]]:
+    """The emulator (in development), Dask and the seeded sample; stopped in reverse on exit."""
     with ExitStack() as resources:
         start_emulator_if_needed(settings, resources)
         client = dask_client(settings, resources)
         if settings.seed_sample:
             seed_sample(settings, client)
+        yield client, WorkQueue(settings), ResultPublisher(settings)
+
+
+def serve(settings: Settings) -> int:
+    """Run the worker until SIGINT or SIGTERM; returns the exit status."""
+    with started(settings) as (client, queue, publisher), ExitStack() as resources:
         health = HealthServer(
             host="0.0.0.0" if settings.is_deployed else "127.0.0.1",
             port=settings.health_port or 0,
@@ -63,8 +71,7 @@ def serve(settings: Settings) -> int:
             health.start()
             resources.callback(health.stop)
             print(f"health and metrics on port {health.port}", flush=True)
-        queue = WorkQueue(settings)
-        worker = QueueWorker(settings, client, queue, ResultPublisher(settings), health)
+        worker = QueueWorker(settings, client, queue, publisher, health)
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
             signal.signal(stop_signal, lambda signum, frame: worker.stop())
         print(f"listening on {queue.url}", flush=True)

@@ -1,0 +1,47 @@
+"""`python -m worker demo` on a fresh machine: every task answered, pictures drawn."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.conftest import free_port
+from worker.tasks import TASKS
+
+PICTURES = ("umap.png", "pca.png", "tsne.png", "marker_heatmap.png")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_answers_every_task_and_draws_its_pictures(tmp_path):
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "WORKER_"))
+    } | {
+        "CLUSTER_ENV": "development",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "WORKER_POLL_WAIT": "1",
+        # The test's own LocalCluster may hold the usual dashboard port.
+        "DASK_WORKER__LOCAL_CLUSTER__DASHBOARD_ADDRESS": ":0",
+    }
+    out_dir = tmp_path / "pictures"
+    demo = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--out", str(out_dir)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
+    output = f"{demo.stdout}\n{demo.stderr}"
+    assert demo.returncode == 0, output
+
+    summary_lines = demo.stdout.splitlines()
+    for task in TASKS:
+        assert any(line.startswith(task) for line in summary_lines), f"{task}:\n{output}"
+    for name in PICTURES:
+        assert str(out_dir / name) in demo.stdout
+        with Image.open(out_dir / name) as picture:
+            assert picture.format == "PNG"
+            colours = picture.convert("RGB").getcolors(maxcolors=1 << 24)
+        assert len(colours) > 8, f"{name} is nearly blank"
