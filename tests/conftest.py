@@ -1,5 +1,6 @@
 """Shared fixtures: a real moto server on loopback, a real Dask LocalCluster, a running worker."""
 
+import os
 import socket
 import threading
 import time
@@ -47,6 +48,20 @@ def dask_client():
     yield client
     client.close()
     cluster.close()
+
+
+def embedded_default_environment() -> dict[str, str]:
+    """The environment of `python -m worker` on its embedded defaults, on a free port."""
+    inherited = {
+        key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "WORKER_"))
+    }
+    return inherited | {
+        "CLUSTER_ENV": "development",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "WORKER_POLL_WAIT": "1",
+        # The test's own LocalCluster may hold the usual dashboard port.
+        "DASK_WORKER__LOCAL_CLUSTER__DASHBOARD_ADDRESS": ":0",
+    }
 
 
 def make_settings(endpoint_url: str, **environ: str) -> Settings:

@@ -1,13 +1,12 @@
 """`python -m worker demo` on a fresh machine: every task answered, pictures drawn."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.conftest import embedded_default_environment
 from worker.tasks import TASKS
 
 PICTURES = ("umap.png", "pca.png", "tsne.png", "marker_heatmap.png")
@@ -16,15 +15,7 @@ PICTURES = ("umap.png", "pca.png", "tsne.png", "marker_heatmap.png")
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_answers_every_task_and_draws_its_pictures(tmp_path):
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "WORKER_"))
-    } | {
-        "CLUSTER_ENV": "development",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "WORKER_POLL_WAIT": "1",
-        # The test's own LocalCluster may hold the usual dashboard port.
-        "DASK_WORKER__LOCAL_CLUSTER__DASHBOARD_ADDRESS": ":0",
-    }
+    environment = embedded_default_environment()
     out_dir = tmp_path / "pictures"
     demo = subprocess.run(
         [sys.executable, "-m", "worker", "demo", "--out", str(out_dir)],

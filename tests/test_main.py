@@ -1,12 +1,11 @@
 """`python -m worker` itself, on the embedded defaults, as a person starts it."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
-from tests.conftest import free_port, make_request, read_published
+from tests.conftest import embedded_default_environment, make_request, read_published
 from worker.jsonio import dumps
 from worker.sample import SAMPLE_EXPERIMENT
 from worker.settings import load_settings
@@ -14,29 +13,21 @@ from worker.transport.aws import aws_client
 
 
 def test_worker_runs_on_embedded_defaults_answers_submit_and_stops_on_sigterm(tmp_path):
-    port = free_port()
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "WORKER_"))
-    } | {
-        "CLUSTER_ENV": "development",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "WORKER_POLL_WAIT": "1",
-        # The test's own LocalCluster may hold the usual dashboard port.
-        "DASK_WORKER__LOCAL_CLUSTER__DASHBOARD_ADDRESS": ":0",
-    }
+    environment = embedded_default_environment()
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "worker"], env=environment, stdout=log, stderr=log
         )
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 480
         while "listening on" not in log_path.read_text():
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.5)
         output = log_path.read_text()
-        assert f"started the embedded AWS emulator at http://127.0.0.1:{port}" in output
+        endpoint = environment["AWS_ENDPOINT_URL"]
+        assert f"started the embedded AWS emulator at {endpoint}" in output
         assert "dashboard: http://" in output
         assert f"prepared {SAMPLE_EXPERIMENT}" in output
 

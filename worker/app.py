@@ -49,13 +49,16 @@ def dask_client(settings: Settings, resources: ExitStack) -> Client:
 
 
 @contextmanager
-def started(settings: Settings) -> Iterator[tuple[Client, WorkQueue, ResultPublisher]]:
-    """The emulator (in development), Dask and the seeded sample; stopped in reverse on exit."""
+def started(
+    settings: Settings, *, prepare_sample: bool = True
+) -> Iterator[tuple[Client, WorkQueue, ResultPublisher]]:
+    """The emulator (in development), Dask and the seeded sample (prepared unless told not
+    to); stopped in reverse on exit."""
     with ExitStack() as resources:
         start_emulator_if_needed(settings, resources)
         client = dask_client(settings, resources)
         if settings.seed_sample:
-            seed_sample(settings, client)
+            seed_sample(settings, client, prepare=prepare_sample)
         yield client, WorkQueue(settings), ResultPublisher(settings)
 
 

@@ -338,7 +338,8 @@ def run_demo(settings: Settings, out_dir: Path) -> int:
         return 2
     # A short poll lets the worker stop within a second once the demo is done.
     settings = replace(settings, seed_sample=True, poll_wait_s=1)
-    with started(settings) as (client, queue, publisher):
+    # The demo's own first request prepares the sample, through the queue.
+    with started(settings, prepare_sample=False) as (client, queue, publisher):
         health = HealthServer(host="127.0.0.1", port=0, stale_after_s=60)
         worker = QueueWorker(settings, client, queue, publisher, health)
         serving = threading.Thread(target=worker.run, name="demo-worker")

@@ -21,7 +21,7 @@ SAMPLE_PREFIX = "pbmc_count_matrices/hg19"
 SAMPLE_EXPERIMENT = "5e959f9c9f4b120771249001"
 
 
-def seed_sample(settings: Settings, client: Client) -> None:
+def seed_sample(settings: Settings, client: Client, *, prepare: bool = True) -> None:
     """Write the PBMC-like sample to the source bucket and prepare its experiment, once."""
     if SAMPLE_BUCKET not in settings.source_buckets:
         log.warning("%s is not an allowed source bucket: sample not seeded", SAMPLE_BUCKET)
@@ -31,7 +31,7 @@ def seed_sample(settings: Settings, client: Client) -> None:
     if not fs.exists(f"{folder}/matrix.mtx.gz"):
         write_10x_mtx(fs, folder, make_pbmc_sample(), version=3)
         print(f"seeded the sample at s3://{folder}/", flush=True)
-    if read_manifest(settings.store_root, SAMPLE_EXPERIMENT, settings.aws) is not None:
+    if not prepare or read_manifest(settings.store_root, SAMPLE_EXPERIMENT, settings.aws):
         return
     print(f"preparing the sample experiment {SAMPLE_EXPERIMENT} ...", flush=True)
     body = {"name": "PrepareExperiment", "sourceBucket": SAMPLE_BUCKET,
