@@ -9,7 +9,6 @@ Passes over the counts, none holding more than a bounded number of blocks:
 then the neighbour graph and clustering on the PCA, which fits in memory.
 """
 
-import itertools
 import logging
 import resource
 import time
@@ -40,6 +39,7 @@ from worker.compute.qc import GeneMoments, summarise_row_block
 from worker.errors import UnsupportedFormat
 from worker.settings import AwsSettings
 from worker.store.experiment import filesystem, zarr_store
+from worker.store.gene_blocks import major_ranges
 from worker.store.shuffle import (
     assemble_segment,
     cut_row_block,
@@ -167,7 +167,7 @@ def build_store(
             f"only {len(hvg_index)} gene(s) vary across cells; at least 2 are needed for a PCA"
         )
     scale = scale_parameters(ingested.moments, n_cells, hvg_index)
-    row_ranges = _row_ranges(ingested.indptr, options.pass_block_entries)
+    row_ranges = major_ranges(ingested.indptr, options.pass_block_entries)
     gene_indptr = np.concatenate([[0], np.cumsum(ingested.moments.n_cells)]).astype(np.int64)
     gene_ranges = segment_gene_ranges(gene_indptr, options.shard_elements)
     stages.done("highly variable genes", highly_variable=len(hvg_index), row_blocks=len(row_ranges))
@@ -283,14 +283,6 @@ def _ingest(
         moments=moments,
         indptr=indptr,
     )
-
-
-def _row_ranges(indptr: np.ndarray, entries_per_block: int) -> list[tuple[int, int]]:
-    """Consecutive cell ranges holding about `entries_per_block` entries each."""
-    n_cells = len(indptr) - 1
-    targets = np.arange(entries_per_block, indptr[-1], entries_per_block)
-    cuts = np.unique(np.concatenate([[0], np.searchsorted(indptr, targets), [n_cells]]))
-    return [(int(start), int(stop)) for start, stop in itertools.pairwise(cuts)]
 
 
 def read_rows(group: zarr.Group, start: int, stop: int) -> sp.csr_matrix:
