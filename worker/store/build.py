@@ -12,7 +12,9 @@ then the neighbour graph and clustering on the PCA, which fits in memory.
 import logging
 import resource
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +37,7 @@ from worker.compute.pca import (
     scale_parameters,
     scaled_block,
 )
-from worker.compute.qc import GeneMoments, summarise_row_block
+from worker.compute.qc import GeneMoments, RowBlockSummary, summarise_row_block
 from worker.errors import UnsupportedFormat
 from worker.settings import AwsSettings
 from worker.store.experiment import filesystem, zarr_store
@@ -63,8 +65,8 @@ GROUP_ATTRIBUTES = {"encoding-type": "dict", "encoding-version": "0.1.0"}
 @dataclass(frozen=True)
 class BuildOptions:
     rows_per_block: int = 10_000
-    # Row blocks of the parallel passes hold about this many entries (128 MB as float32+int32).
-    pass_block_entries: int = 16 << 20
+    # Row blocks of the parallel passes hold about this many entries (64 MB as float32+int32).
+    pass_block_entries: int = 8 << 20
     shard_elements: int = SHARD_ELEMENTS
     n_top_genes: int = 2000
     n_neighbors: int = 15
@@ -247,17 +249,27 @@ def _ingest(
     )
     writer = AppendingWriter([matrix["data"], matrix["indices"]])
     row_lengths, totals, n_genes_by_cell, percent_mito, moments = [], [], [], [], None
-    for sample in samples:
-        for block in sample.row_blocks(options.rows_per_block):
-            summary = summarise_row_block(block, is_mito)
-            writer.append(block.data.astype(np.float32), block.indices.astype(np.int32))
-            row_lengths.append(np.diff(block.indptr))
-            totals.append(summary.total_counts)
-            n_genes_by_cell.append(summary.n_genes)
-            percent_mito.append(summary.percent_mito)
-            moments = (
-                summary.gene_moments if moments is None else moments.merge(summary.gene_moments)
-            )
+
+    def take(summary: RowBlockSummary) -> None:
+        nonlocal moments
+        totals.append(summary.total_counts)
+        n_genes_by_cell.append(summary.n_genes)
+        percent_mito.append(summary.percent_mito)
+        moments = summary.gene_moments if moments is None else moments.merge(summary.gene_moments)
+
+    # A block's QC runs in a thread of its own while the next block is read and written (numpy
+    # and numba release the GIL), in block order, at most two blocks behind.
+    with ThreadPoolExecutor(1, thread_name_prefix="ingest-qc") as qc_thread:
+        summaries: deque[Future[RowBlockSummary]] = deque()
+        for sample in samples:
+            for block in sample.row_blocks(options.rows_per_block):
+                summaries.append(qc_thread.submit(summarise_row_block, block, is_mito))
+                writer.append(block.data.astype(np.float32), block.indices.astype(np.int32))
+                row_lengths.append(np.diff(block.indptr))
+                if len(summaries) > 1:
+                    take(summaries.popleft().result())
+        while summaries:
+            take(summaries.popleft().result())
     nnz = writer.close()
     indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_lengths))]).astype(np.int64)
     if len(indptr) - 1 != n_cells or indptr[-1] != nnz:
@@ -352,24 +364,24 @@ def _scan(client, url, aws, row_ranges, total_counts, hvg_index, scale, gene_ran
 
 
 def _assemble_segment(
-    url: str, aws: AwsSettings, segment: int, first_gene: int, stop_gene: int,
-    gene_indptr: np.ndarray, nnz: int, block_indices: list[int], block_starts: list[int],
-    scratch: str, shard_elements: int,
+    url: str, aws: AwsSettings, segment: int, gene_indptr: np.ndarray, nnz: int,
+    block_indices: list[int], block_starts: list[int], scratch: str, shard_elements: int,
 ) -> None:  # fmt: skip
     """Write the CSC arrays' shard(s) of one segment from its pieces."""
     fs, scratch_path = filesystem(scratch, aws)
-    pieces = [
-        (start, decode_piece(fs.cat_file(f"{scratch_path}/{segment}/{index}")))
-        for index, start in zip(block_indices, block_starts, strict=True)
-    ]
-    data, indices = assemble_segment(pieces, stop_gene - first_gene)
-    # `data` spans the segment's genes whole: from gene_indptr[0] in the CSC arrays.
+    paths = [f"{scratch_path}/{segment}/{index}" for index in block_indices]
+    encoded = fs.cat(paths) if paths else {}
+    # Decoded one at a time, in row order, as the assembly takes them.
+    pieces = (
+        (first_row, decode_piece(encoded.pop(path)))
+        for first_row, path in sorted(zip(block_starts, paths, strict=True))
+    )
     start = segment * shard_elements
     stop = min(start + shard_elements, nnz)
-    begin = start - int(gene_indptr[0])
+    data, indices = assemble_segment(pieces, gene_indptr, start, stop)
     matrix = _open(url, aws)["layers/counts_by_gene"]
-    matrix["data"][start:stop] = data[begin : begin + stop - start]
-    matrix["indices"][start:stop] = indices[begin : begin + stop - start]
+    matrix["data"][start:stop] = data
+    matrix["indices"][start:stop] = indices
 
 
 def _project_row_block(
@@ -400,8 +412,6 @@ def _assemble_and_project(
             url,
             aws,
             segment,
-            first,
-            stop,
             gene_indptr[first : stop + 1],
             nnz,
             pieces_by_segment.get(segment, []),

@@ -15,8 +15,8 @@ from worker.settings import AwsSettings
 from worker.store.experiment import ExperimentStore, zarr_store
 from worker.store.writer import CHUNK_ELEMENTS
 
-# A quarter shard of whole inner chunks: ranking a block holds some 60 bytes per entry, so a
-# full shard (32 Mi entries) would need about 2 GB per task.
+# Half a shard of whole inner chunks: ranking a block holds some 60 bytes per entry, so a
+# block of 32 Mi entries would need about 2 GB per task.
 ENTRIES_PER_BLOCK = 8 * CHUNK_ELEMENTS
 
 

@@ -6,6 +6,8 @@ assembler writes its shards without touching another's; a gene whose entries cro
 segment boundary is in the pieces of both segments.
 """
 
+from collections.abc import Iterable
+
 import numpy as np
 import scipy.sparse as sp
 from numcodecs import Blosc
@@ -67,17 +69,24 @@ def cut_row_block(
 
 
 def assemble_segment(
-    pieces: list[tuple[int, sp.csc_matrix]], n_genes: int
+    pieces: Iterable[tuple[int, sp.csc_matrix]], gene_indptr: np.ndarray, start: int, stop: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CSC data and indices of a segment's genes from its pieces `(first row, piece)`.
+    """CSC data and indices at positions `[start, stop)` of the gene-major arrays.
 
-    Entries come out ordered by gene, then by cell.
+    `gene_indptr` is the CSC indptr (absolute positions) of the genes the pieces span;
+    `pieces` are `(first row, CSC piece)` of the row blocks holding their entries, in row
+    order. Each entry goes straight to its place, after its gene's entries in earlier row
+    blocks, so entries come out ordered by gene, then by cell, with no sort and nothing held
+    but the output and one piece.
     """
-    if not pieces:
-        return np.zeros(0, np.float32), np.zeros(0, np.int32)
-    genes = np.concatenate([np.repeat(np.arange(n_genes), np.diff(p.indptr)) for _, p in pieces])
-    cells = np.concatenate([p.indices.astype(np.int64) + first for first, p in pieces])
-    data = np.concatenate([p.data for _, p in pieces])
-    # Pieces arrive in row-block order, so a stable sort by gene keeps cells ascending.
-    order = np.argsort(genes, kind="stable")
-    return data[order], cells[order].astype(np.int32)
+    data = np.zeros(stop - start, np.float32)
+    indices = np.zeros(stop - start, np.int32)
+    next_free = gene_indptr[:-1].astype(np.int64)
+    for first_row, piece in pieces:
+        counts = np.diff(piece.indptr)
+        positions = np.repeat(next_free - piece.indptr[:-1], counts) + np.arange(piece.nnz)
+        next_free += counts
+        kept = (positions >= start) & (positions < stop)
+        data[positions[kept] - start] = piece.data[kept]
+        indices[positions[kept] - start] = piece.indices[kept] + first_row
+    return data, indices

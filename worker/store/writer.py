@@ -7,13 +7,13 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-# Shards of 32 Mi elements (128 MB raw) so S3 holds few objects; passes over the matrix work
-# in whole shards. Inner chunks of 1 Mi elements (4 MB raw) for the cell-major copy, which is
+# Shards of 16 Mi elements (64 MB raw): few S3 objects, and what one writer holds (the ingest
+# buffers a shard; an assembler of the gene-major copy builds one) stays small. Inner chunks of 1 Mi elements (4 MB raw) for the cell-major copy, which is
 # read in long runs; 64 Ki elements for the gene-major copy, whose readers want one gene's
 # slice and decode every chunk it touches.
 CHUNK_ELEMENTS = 1 << 20
 GENE_MAJOR_CHUNK_ELEMENTS = 1 << 16
-SHARD_ELEMENTS = 32 << 20
+SHARD_ELEMENTS = 16 << 20
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 SPARSE_DTYPES = {"data": np.float32, "indices": np.int32, "indptr": np.int64}
