@@ -30,9 +30,13 @@ def load_conf(conf_dir: Path) -> None:
     """Load the project's Dask and logging configuration from `conf_dir`, if it is there."""
     dask_conf = conf_dir / "dask.yaml"
     if dask_conf.exists():
-        dask.config.update(
-            dask.config.config, yaml.safe_load(dask_conf.read_text()), priority="old"
-        )
+        # Over Dask's defaults, under DASK_* environment variables.
+        dask.config.update(dask.config.config, yaml.safe_load(dask_conf.read_text()))
+        dask.config.update(dask.config.config, dask.config.collect_env())
+    load_logging_conf(conf_dir)
+
+
+def load_logging_conf(conf_dir: Path) -> None:
     logging_conf = conf_dir / "logging.yaml"
     if logging_conf.exists():
         import logging.config
