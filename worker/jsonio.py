@@ -22,6 +22,11 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=_OPTIONS)
 
 
+def encoded(value: Any) -> orjson.Fragment:
+    """`value` encoded once, to be embedded as it is in later `dumps` calls."""
+    return orjson.Fragment(dumps(value))
+
+
 def loads(text: bytes | str) -> Any:
     return orjson.loads(text)
 

@@ -140,9 +140,11 @@ def response_text(response: dict[str, Any], put_result) -> str:
     Size is measured as published (inside SNS's `{"default": ...}` wrapper, escapes included).
     `put_result(body_bytes) -> "bucket/key"` stores one body.
     """
-    text = dumps(response).decode()
-    if len(dumps({"default": text})) < OFFLOAD_BYTES:
-        return text
+    # Escaping only grows a body, so bodies this large alone need no measuring.
+    if sum(len(result["body"]) for result in response["results"]) < OFFLOAD_BYTES:
+        text = dumps(response).decode()
+        if len(dumps({"default": text})) < OFFLOAD_BYTES:
+            return text
     for result in response["results"]:
         result["body"] = put_result(result["body"].encode())
         result["type"] = "s3-path"

@@ -140,17 +140,18 @@ class ExperimentStore:
         return self.obs["total_counts"].to_numpy(dtype=np.float64)
 
     @cached_property
-    def _counts_by_gene_indptr(self) -> np.ndarray:
-        return self.group["layers/counts_by_gene/indptr"][:]
+    def _counts_by_gene_arrays(self) -> tuple[np.ndarray, zarr.Array, zarr.Array]:
+        """The CSC copy's indptr (read) and its data and indices arrays (opened)."""
+        matrix = self.group["layers/counts_by_gene"]
+        return matrix["indptr"][:], matrix["data"], matrix["indices"]
 
     def counts_by_gene(self, gene_indices: np.ndarray) -> sp.csc_matrix:
         """Raw counts of all cells for the given genes (cells x len(gene_indices))."""
-        matrix = self.group["layers/counts_by_gene"]
-        indptr = self._counts_by_gene_indptr
+        indptr, data_array, indices_array = self._counts_by_gene_arrays
         starts, stops = indptr[gene_indices], indptr[np.asarray(gene_indices) + 1]
         slices = [slice(int(start), int(stop)) for start, stop in zip(starts, stops, strict=True)]
-        values = read_slices([(matrix["data"], part) for part in slices] + [
-            (matrix["indices"], part) for part in slices
+        values = read_slices([(data_array, part) for part in slices] + [
+            (indices_array, part) for part in slices
         ])  # fmt: skip
         data, indices = values[: len(slices)], values[len(slices) :]
         return sp.csc_matrix(

@@ -9,6 +9,7 @@ from scipy import sparse
 
 from worker.compute.arithmetic import entry_rows, log_normalise, mean_variance
 from worker.errors import InvalidRequest
+from worker.jsonio import encoded
 from worker.messages import TaskBody
 from worker.store.cell_sets import cell_set_ids, read_cell_sets
 from worker.store.experiment import ExperimentStore, open_experiment
@@ -34,6 +35,8 @@ class GeneExpressionBody(TaskBody):
 _gene_lookups: "weakref.WeakKeyDictionary[ExperimentStore, dict[str, int]]" = (
     weakref.WeakKeyDictionary()
 )
+# Every cell's barcode as JSON, per opened store: the largest part of an all-cells answer.
+_all_barcodes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def gene_lookup(store: ExperimentStore) -> dict[str, int]:
@@ -58,6 +61,16 @@ def selected_cells(context: TaskContext, n_cells: int, cell_set_keys: list[str])
     )
 
 
+def barcodes(store: ExperimentStore, cell_ids: np.ndarray):
+    """The cells' barcodes, JSON-encodable; all cells' encoded once per opened store."""
+    if len(cell_ids) < store.n_cells:
+        return store.obs["barcode"].to_numpy()[cell_ids].tolist()
+    all_barcodes = _all_barcodes.get(store)
+    if all_barcodes is None:
+        all_barcodes = _all_barcodes[store] = encoded(store.obs["barcode"].tolist())
+    return all_barcodes
+
+
 def log_normalised_genes(store: ExperimentStore, gene_indices: np.ndarray) -> sparse.csc_array:
     """Log-normalised float32 values of the genes in all cells (cells x genes)."""
     counts = sparse.csc_array(store.counts_by_gene(gene_indices))
@@ -65,9 +78,16 @@ def log_normalised_genes(store: ExperimentStore, gene_indices: np.ndarray) -> sp
     return sparse.csc_array((log_values, counts.indices, counts.indptr), shape=counts.shape)
 
 
+def by_gene(log_values: sparse.csc_array, cell_ids: np.ndarray) -> np.ndarray:
+    """The cells' values, genes x cells, dense."""
+    if len(cell_ids) < log_values.shape[0]:
+        log_values = log_values[cell_ids]
+    return log_values.T.toarray()
+
+
 def scaled(log_values: sparse.csc_array, cell_ids: np.ndarray) -> np.ndarray:
-    """The cells' values of each gene z-scored over all cells and clipped, as scanpy's
-    `pp.scale(max_value=10)`: unbiased variance, a zero standard deviation taken as 1."""
+    """The cells' values of each gene (genes x cells) z-scored over all cells and clipped, as
+    scanpy's `pp.scale(max_value=10)`: unbiased variance, a zero standard deviation taken as 1."""
     genes = entry_rows(log_values.indptr)
     n_genes = log_values.shape[1]
     # Squares in float32, summed in float64, as scanpy's mean/variance kernel takes them.
@@ -79,7 +99,7 @@ def scaled(log_values: sparse.csc_array, cell_ids: np.ndarray) -> np.ndarray:
     )
     std = np.sqrt(variance)
     std[std == 0] = 1
-    selected = (log_values[cell_ids].toarray() - mean) / std
+    selected = (by_gene(log_values, cell_ids) - mean[:, None]) / std[:, None]
     return np.clip(selected, -SCALE_MAX_VALUE, SCALE_MAX_VALUE).astype(np.float32)
 
 
@@ -107,16 +127,15 @@ def gene_expression(context: TaskContext, body: GeneExpressionBody) -> dict:
             f"{MAX_VALUES} values; ask for fewer genes or cells"
         )
     log_values = log_normalised_genes(store, np.array([lookup[gene] for gene in found], int))
-    selected = scaled(log_values, cell_ids) if body.scale else log_values[cell_ids].toarray()
-    by_gene = np.ascontiguousarray(selected.T)
+    values = scaled(log_values, cell_ids) if body.scale else by_gene(log_values, cell_ids)
     return {
-        "cells": store.obs["barcode"].to_numpy()[cell_ids].tolist(),
+        "cells": barcodes(store, cell_ids),
         "data": [
-            {"geneName": gene, "expression": values, **summary(values)}
-            for gene, values in zip(found, by_gene, strict=True)
+            {"geneName": gene, "expression": gene_values, **summary(gene_values)}
+            for gene, gene_values in zip(found, values, strict=True)
         ],
         "notFound": [gene for gene in requested if gene not in lookup],
-        **summary(by_gene),
+        **summary(values),
     }
 
 
