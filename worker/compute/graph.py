@@ -1,7 +1,9 @@
 """Neighbour graph, clustering and embeddings of the cells, from the in-memory PCA.
 
 The PCA fits in memory (1M cells x 50 float32 is 200 MB), so these run scanpy, igraph,
-umap-learn and openTSNE directly on it.
+umap-learn and openTSNE directly on it. scanpy, igraph (which loads matplotlib) and openTSNE
+are imported where they are used: the queue process imports this module through the task
+registry, and without them it stays a fraction of the size (DESIGN: idle worker under 300 MB).
 """
 
 import random
@@ -9,11 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-import igraph
 import numpy as np
-import scanpy as sc
 from anndata import AnnData
-from openTSNE import TSNE
 from scipy import sparse
 
 ClusterMethod = Literal["louvain", "leiden"]
@@ -27,6 +26,8 @@ def neighbour_graph(
     random_state: int = 0,
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """`(connectivities, distances)` of `sc.pp.neighbors(use_rep="X_pca")`, indices sorted."""
+    import scanpy as sc
+
     adata = AnnData(obsm={"X_pca": x_pca})
     sc.pp.neighbors(
         adata,
@@ -65,6 +66,8 @@ class _IgraphRandom:
 @contextmanager
 def igraph_random_state(seed: int) -> Iterator[None]:
     """Seed igraph's process-wide generator for the block, then give it back Python's."""
+    import igraph
+
     igraph.set_random_number_generator(_IgraphRandom(seed))
     try:
         yield
@@ -80,6 +83,8 @@ def cluster(
     random_state: int = 0,
 ) -> np.ndarray:
     """Cluster label of each cell; cluster 0 is the largest, ties broken by first member."""
+    import igraph
+
     # Built as scanpy builds it: one undirected edge per stored entry, so each pair appears
     # twice; the edge order matters to the partition found.
     entries = sparse.coo_matrix(connectivities)
@@ -126,6 +131,8 @@ def embed_umap(
     `metric` must be the one the graph was built with; umap uses it (with `x_pca`) only to lay
     out disconnected components.
     """
+    import scanpy as sc
+
     adata = AnnData(obsm={"X_pca": x_pca}, obsp={"connectivities": connectivities})
     adata.uns["neighbors"] = {
         "connectivities_key": "connectivities",
@@ -143,6 +150,8 @@ def embed_tsne(
     random_state: int = 0,
 ) -> np.ndarray:
     """t-SNE coordinates (n x 2, float32) by openTSNE."""
+    from openTSNE import TSNE
+
     embedding = TSNE(
         perplexity=perplexity, learning_rate=learning_rate, random_state=random_state
     ).fit(x_pca)

@@ -5,7 +5,6 @@ import itertools
 from typing import Literal
 
 import numpy as np
-import scanpy as sc
 from anndata import AnnData
 from anndata.io import read_elem
 
@@ -40,6 +39,9 @@ def doublet_scores(store: ExperimentStore) -> np.ndarray:
     NaN where a cell is not scored: in a sample under MIN_CELLS cells, or with fewer than 3
     genes (Scrublet drops those). Each sample's counts are held in memory while it is scored.
     """
+    # Imported here, not at the top: the queue process imports every task module for its schema.
+    import scanpy as sc
+
     random_state = int(read_elem(store.group["uns/worker/parameters"])["random_state"])
     sample_codes = read_elem(store.group["obs/sample"]).codes
     # Samples are stored one after the other, so each is one run of rows.
