@@ -89,16 +89,26 @@ def _rank_sum_group1(
     """Per gene, group 1's sum of tie-averaged ranks among all cells of both groups.
 
     Values are nonnegative, so a gene's zeros are one tie block holding the lowest ranks; only
-    the stored nonzero values need sorting.
+    the stored nonzero values need sorting. They are sorted as one array of packed keys (gene,
+    then the value's float32 bits, which order nonnegative floats as the floats, then the
+    group), several times faster than an argsort by two keys.
     """
-    order = np.lexsort((log_values, genes))
-    genes, log_values, first = genes[order], log_values[order], first[order]
+    value_bits = np.asarray(log_values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    keys = genes.astype(np.uint64) << np.uint64(33)
+    keys |= value_bits << np.uint64(1)
+    keys |= first.astype(np.uint64)
+    keys.sort()
+    genes = (keys >> np.uint64(33)).astype(np.int64)
+    value_bits = keys >> np.uint64(1)
+    first = (keys & np.uint64(1)).astype(bool)
+    del keys
     nonzero = np.bincount(genes, minlength=n_genes)
     zeros = n_cells - nonzero
     gene_start = np.concatenate(([0], np.cumsum(nonzero)))[genes]
 
     new_tie = np.ones(len(genes), dtype=bool)
-    new_tie[1:] = (genes[1:] != genes[:-1]) | (log_values[1:] != log_values[:-1])
+    # Within a gene the bits differ exactly where the values do; a new gene starts a tie block.
+    new_tie[1:] = value_bits[1:] != value_bits[:-1]
     tie_start = np.flatnonzero(new_tie)
     tie_end = np.append(tie_start[1:], len(genes))
     # Ranks tie_start + 1 .. tie_end (counted within the gene) average to (start + end + 1) / 2.
