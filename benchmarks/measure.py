@@ -53,6 +53,11 @@ class RssSampler:
         self._stopping.set()
         self._thread.join()
 
+    def watch(self, pid: int) -> None:
+        """Count one more process from now on."""
+        with self._lock:
+            self._processes.append(psutil.Process(pid))
+
     def take_peak_mib(self) -> float:
         """The peak since the last call (or the start), in MiB; the next call starts anew."""
         self._sample()
@@ -66,7 +71,9 @@ class RssSampler:
 
     def _sample(self) -> None:
         total = 0
-        for process in self._processes:
+        with self._lock:
+            processes = list(self._processes)
+        for process in processes:
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += process.memory_info().rss
         with self._lock:

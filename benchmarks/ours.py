@@ -9,23 +9,27 @@ the local h5ad instead, and the task's cell-set writes are left out.
 
 import os
 import shutil
+import signal
 import socket
-import threading
+import subprocess
+import sys
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import dask
+import psutil
 from distributed import Client, worker_client
 from fsspec.implementations.local import LocalFileSystem
 
-from benchmarks.measure import RssSampler, peak_rss_mib, repeat, rss_mib, summary
+from benchmarks.measure import MIB, RssSampler, peak_rss_mib, repeat, summary
 from benchmarks.tiers import LIST_GENES_FILTER, LIST_GENES_LIMIT, ONE_GENE, Tier
 from worker.cluster import load_conf, start_local_cluster
+from worker.dask_worker import is_warm
 from worker.emulator import Emulator, provision
-from worker.health import HealthServer
 from worker.jsonio import dumps, loads
-from worker.loop import QueueWorker
 from worker.settings import Settings, load_settings
 from worker.store.build import BuildOptions, build_store
 from worker.store.cell_sets import cluster_hierarchy, write_cell_sets
@@ -35,11 +39,12 @@ from worker.tasks import run_task
 from worker.tasks.base import TaskContext
 from worker.transport.aws import aws_client
 from worker.transport.queue import WorkQueue
-from worker.transport.results import ResultPublisher
 
 EXPERIMENT = "benchmark"
 END_TO_END = "GeneExpression, 1 gene, send to SNS"
 RESPONSE_TIMEOUT_S = 600
+WORKER_START_TIMEOUT_S = 120
+WARM_UP_TIMEOUT_S = 600
 
 
 def run(tier: Tier) -> dict:
@@ -56,12 +61,14 @@ def run(tier: Tier) -> dict:
             }
         )
         load_conf(Path(settings.conf_dir))
+        # As deployed (the chart's default): Dask workers compile numba when they start.
+        dask.config.set({"worker.warm-up-numba": True})
         provision(settings)
         cluster = start_local_cluster(dashboard_address=":0")
         stack.callback(cluster.close)
         client = Client(cluster)
         stack.callback(client.close)
-        idle_rss_mib = rss_mib()
+        _wait_until_warm(client)
         worker_pids = client.run(os.getpid)
         sampler = stack.enter_context(RssSampler([os.getpid(), *worker_pids.values()]))
         context = TaskContext.for_experiment(settings, EXPERIMENT)
@@ -79,10 +86,18 @@ def run(tier: Tier) -> dict:
             measures[name] = repeat(
                 lambda body=body: _run_task(client, context, body), repeats, sampler
             )
-        measures[END_TO_END] = _end_to_end(
-            settings, client, {"name": "GeneExpression", "genes": [ONE_GENE]}, tier, sampler
+        queue_worker = stack.enter_context(
+            _queue_worker_process(settings, cluster.scheduler_address, tier.folder)
         )
-        peaks = {"worker process": peak_rss_mib()} | {
+        idle_rss_mib = psutil.Process(queue_worker.pid).memory_info().rss / MIB
+        sampler.watch(queue_worker.pid)
+        measures[END_TO_END] = _end_to_end(
+            settings, {"name": "GeneExpression", "genes": [ONE_GENE]}, tier, sampler
+        )
+        peaks = {
+            "benchmark process (client)": peak_rss_mib(),
+            "worker process (python -m worker)": _peak_rss_mib(queue_worker.pid),
+        } | {
             f"Dask worker {worker_pids[address]}": peak
             for address, peak in client.run(peak_rss_mib).items()
         }
@@ -142,6 +157,15 @@ def prepare_from_file(context: TaskContext, source: str) -> float:
     return time.perf_counter() - started
 
 
+def _wait_until_warm(client: Client) -> None:
+    """Wait for the Dask workers' numba warm-up, as a deployed pool has long finished it."""
+    deadline = time.monotonic() + WARM_UP_TIMEOUT_S
+    while not all(client.run(is_warm).values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Dask workers did not warm up in {WARM_UP_TIMEOUT_S} s")
+        time.sleep(1)
+
+
 def _prepare(client: Client, context: TaskContext, tier: Tier, sampler: RssSampler) -> dict:
     sampler.take_peak_mib()
     started = time.perf_counter()
@@ -170,18 +194,63 @@ def _run_task(client: Client, context: TaskContext, body: dict) -> dict[str, flo
     return {"in_task": in_task, "round_trip": time.perf_counter() - started}
 
 
-def _end_to_end(
-    settings: Settings, client: Client, body: dict, tier: Tier, sampler: RssSampler
-) -> dict:
-    """Requests sent to the work queue, answered by a QueueWorker, timed until the response
-    arrives on the queue subscribed to the results topic."""
+@contextmanager
+def _queue_worker_process(
+    settings: Settings, scheduler_address: str, folder: Path
+) -> Iterator[subprocess.Popen]:
+    """`python -m worker` serving the emulator's queue on the benchmark's cluster, as deployed
+    (a scheduler to connect to, no emulator or sample of its own); yielded once listening."""
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "WORKER_", "CLUSTER_ENV", "DASK_"))
+    }
+    environment = inherited | {
+        "CLUSTER_ENV": settings.cluster_env,
+        "AWS_ENDPOINT_URL": settings.aws.endpoint_url,
+        "WORKER_STORE_ROOT": settings.store_root,
+        "WORKER_POLL_WAIT": str(settings.poll_wait_s),
+        "WORKER_START_EMULATOR": "false",
+        "WORKER_SEED_SAMPLE": "false",
+        "DASK_SCHEDULER_ADDRESS": scheduler_address,
+    }
+    log_path = folder / "queue-worker.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker"], env=environment, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while "listening on" not in log_path.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"python -m worker did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        # Settled: what it holds between requests, not its start-up garbage.
+        time.sleep(2)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """A live child's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def _end_to_end(settings: Settings, body: dict, tier: Tier, sampler: RssSampler) -> dict:
+    """Requests sent to the work queue, answered by `python -m worker`, timed until the
+    response arrives on the queue subscribed to the results topic."""
     sqs = aws_client("sqs", settings.aws)
     queue = WorkQueue(settings)
     results_url = sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
-    health = HealthServer(host="127.0.0.1", port=0, stale_after_s=30)
-    worker = QueueWorker(settings, client, queue, ResultPublisher(settings), health)
-    thread = threading.Thread(target=worker.run, name="queue-worker", daemon=True)
-    thread.start()
 
     def ask() -> dict[str, float]:
         request = {
@@ -208,11 +277,7 @@ def _end_to_end(
                 return {"send_to_sns": seconds}
         raise TimeoutError(f"no response to {body['name']} in {RESPONSE_TIMEOUT_S} s")
 
-    try:
-        return repeat(ask, tier.light_repeats, sampler)
-    finally:
-        worker.stop()
-        thread.join()
+    return repeat(ask, tier.light_repeats, sampler)
 
 
 def _free_port() -> int:

@@ -134,7 +134,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {side} | {process} | {peak:.0f} |")
     lines += [
         "",
-        f"Worker process resident memory when idle (cluster started): "
+        "Worker process resident memory when idle (`python -m worker` connected to the "
+        f"cluster, listening, before its first request): "
         f"{report['worker_process_idle_rss_mib']:.0f} MiB.",
     ]
     if report["scanpy_pipeline_steps_s"]:
