@@ -8,9 +8,10 @@ import zarr
 from zarr.codecs import BloscCodec
 
 # Shards of 16 Mi elements (64 MB raw): few S3 objects, and what one writer holds (the ingest
-# buffers a shard; an assembler of the gene-major copy builds one) stays small. Inner chunks of 1 Mi elements (4 MB raw) for the cell-major copy, which is
-# read in long runs; 64 Ki elements for the gene-major copy, whose readers want one gene's
-# slice and decode every chunk it touches.
+# buffers a shard; an assembler of the gene-major copy builds one) stays small. Inner chunks
+# of 1 Mi elements (4 MB raw) for the cell-major copy, which is read in long runs; 64 Ki
+# elements for the gene-major copy, whose readers want one gene's slice and decode every
+# chunk it touches.
 CHUNK_ELEMENTS = 1 << 20
 GENE_MAJOR_CHUNK_ELEMENTS = 1 << 16
 SHARD_ELEMENTS = 16 << 20
