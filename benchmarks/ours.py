@@ -62,7 +62,7 @@ def run(tier: Tier) -> dict:
         )
         load_conf(Path(settings.conf_dir))
         # As deployed (the chart's default): Dask workers compile numba when they start.
-        dask.config.set({"worker.warm-up-numba": True})
+        dask.config.set({"worker.warm-up-numba": tier.numba_warm})
         provision(settings)
         cluster = start_local_cluster(dashboard_address=":0")
         stack.callback(cluster.close)

@@ -27,8 +27,9 @@ WARM_UP_CELLS, WARM_UP_DIMENSIONS = 20_000, 50
 
 
 def run(tier: Tier) -> dict:
-    points = np.random.default_rng(0).normal(size=(WARM_UP_CELLS, WARM_UP_DIMENSIONS))
-    sc.pp.neighbors(sc.AnnData(obsm={"X_pca": points.astype(np.float32)}), use_rep="X_pca")
+    if tier.numba_warm:
+        points = np.random.default_rng(0).normal(size=(WARM_UP_CELLS, WARM_UP_DIMENSIONS))
+        sc.pp.neighbors(sc.AnnData(obsm={"X_pca": points.astype(np.float32)}), use_rep="X_pca")
     with RssSampler([os.getpid()]) as sampler:
         steps: dict[str, float] = {}
         adata = _pipeline(tier, steps)

@@ -34,13 +34,14 @@ def rank_gene_block(
     block = sparse.csc_array(counts_by_gene_block)
     n1, n2 = int(np.count_nonzero(in_group1)), int(np.count_nonzero(in_group2))
 
-    cells = block.indices
-    stored = (in_group1[cells] | in_group2[cells]) & (block.data != 0)
-    # Each gene's entries stay contiguous and in cell order once filtered.
-    gene_starts = np.concatenate(([0], np.cumsum(stored)))[block.indptr]
-    cells = cells[stored]
-    log_values = log_normalise(block.data[stored], total_counts[cells])
-    sums = _group_sums(gene_starts, log_values, in_group1[cells], n1, n2, method == "wilcoxon")
+    group_of_cell = in_group1.astype(np.int8) + 2 * in_group2.astype(np.int8)
+    gene_starts, cells, counts, first = _entries_in_groups(
+        block.indptr, block.indices, block.data, group_of_cell
+    )
+    log_values = log_normalise(counts, total_counts[cells])
+    sums = _group_sums(
+        gene_starts, log_values, log_values.view(np.uint32), first, n1, n2, method == "wilcoxon"
+    )
     mean1, var1 = mean_variance(sums[0], sums[1], n1)
     mean2, var2 = mean_variance(sums[3], sums[4], n2)
     nonzero1, nonzero2, rank_sum = sums[2], sums[5], sums[6]
@@ -72,14 +73,39 @@ def rank_gene_block(
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_sums(gene_starts, log_values, first, n1, n2, rank):
+def _entries_in_groups(indptr, cells, counts, group_of_cell):
+    """The nonzero entries of cells in either group (`group_of_cell` 1 or 2), in one pass:
+    `(gene_starts, cells, counts, in_group1)`, each gene's entries still contiguous and in cell
+    order."""
+    n_genes = len(indptr) - 1
+    gene_starts = np.empty(n_genes + 1, np.int64)
+    kept_cells = np.empty(len(cells), cells.dtype)
+    kept_counts = np.empty(len(cells), counts.dtype)
+    first = np.empty(len(cells), np.bool_)
+    kept = 0
+    for gene in range(n_genes):
+        gene_starts[gene] = kept
+        for entry in range(indptr[gene], indptr[gene + 1]):
+            group = group_of_cell[cells[entry]]
+            if group != 0 and counts[entry] != 0:
+                kept_cells[kept] = cells[entry]
+                kept_counts[kept] = counts[entry]
+                first[kept] = group == 1
+                kept += 1
+    gene_starts[n_genes] = kept
+    return gene_starts, kept_cells[:kept], kept_counts[:kept], first[:kept]
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_sums(gene_starts, log_values, value_bits, first, n1, n2, rank):
     """Per gene (rows): group 1's sum, sum of squares and nonzero count, the same for group 2,
     and group 1's sum of tie-averaged ranks among the cells of both groups (if `rank`).
 
     Sums are float64 of float32 values and float32 squares, added in cell order, as
     `np.bincount` adds them. Values are nonnegative, so a gene's zeros are one tie block holding
-    the lowest ranks; only its stored nonzero values are sorted. Rank sums are sums of halves,
-    exact in any order.
+    the lowest ranks; only its stored nonzero values are sorted, as packed keys (the value's
+    float32 bits, which order nonnegative floats as the floats, then the group) so the sort
+    moves plain integers. Rank sums are sums of halves, exact in any order.
     """
     n_genes = len(gene_starts) - 1
     sums = np.zeros((7, n_genes))
@@ -95,17 +121,22 @@ def _group_sums(gene_starts, log_values, first, n1, n2, rank):
             continue
         zeros = n1 + n2 - (stop - start)
         rank_sum = (n1 - sums[2, gene]) * (zeros + 1) / 2.0
-        values = log_values[start:stop]
-        order = np.argsort(values)
+        keys = np.empty(stop - start, np.uint64)
+        for entry in range(start, stop):
+            keys[entry - start] = (np.uint64(value_bits[entry]) << np.uint64(1)) | np.uint64(
+                first[entry]
+            )
+        keys.sort()
         tie_start = 0
-        while tie_start < len(order):
+        while tie_start < len(keys):
+            value_key = keys[tie_start] >> np.uint64(1)
             tie_end = tie_start + 1
-            while tie_end < len(order) and values[order[tie_end]] == values[order[tie_start]]:
+            while tie_end < len(keys) and keys[tie_end] >> np.uint64(1) == value_key:
                 tie_end += 1
             # Ranks tie_start + 1 .. tie_end above the zeros average to this.
             tie_rank = zeros + (tie_start + tie_end + 1) / 2.0
             for position in range(tie_start, tie_end):
-                if first[start + order[position]]:
+                if keys[position] & np.uint64(1):
                     rank_sum += tie_rank
             tie_start = tie_end
         sums[6, gene] = rank_sum
