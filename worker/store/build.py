@@ -64,7 +64,7 @@ GROUP_ATTRIBUTES = {"encoding-type": "dict", "encoding-version": "0.1.0"}
 
 @dataclass(frozen=True)
 class BuildOptions:
-    rows_per_block: int = 10_000
+    rows_per_block: int = 5_000
     # Row blocks of the parallel passes hold about this many entries (64 MB as float32+int32).
     pass_block_entries: int = 8 << 20
     shard_elements: int = SHARD_ELEMENTS
@@ -264,7 +264,10 @@ def _ingest(
         for sample in samples:
             for block in sample.row_blocks(options.rows_per_block):
                 summaries.append(qc_thread.submit(summarise_row_block, block, is_mito))
-                writer.append(block.data.astype(np.float32), block.indices.astype(np.int32))
+                writer.append(
+                    block.data.astype(np.float32, copy=False),
+                    block.indices.astype(np.int32, copy=False),
+                )
                 row_lengths.append(np.diff(block.indptr))
                 if len(summaries) > 1:
                     take(summaries.popleft().result())
