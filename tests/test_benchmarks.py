@@ -37,7 +37,9 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
         assert measure["scanpy"]["peak_rss_mib"] > 0, name
         assert set(measure["ratio"]) == {"p50", "p90", "peak_rss"}, name
     processes = report["peak_rss_mib_by_process"]["ours"]
-    assert "worker process" in processes
+    queue_worker_peak = processes["worker process (python -m worker)"]
+    assert processes["benchmark process (client)"] > 0
+    assert 0 < report["worker_process_idle_rss_mib"] <= queue_worker_peak
     assert any(process.startswith("Dask worker") for process in processes)
     assert report["peak_rss_mib_by_process"]["scanpy"]["scanpy process"] > 0
     assert "| PrepareExperiment |" in (tmp_path / "tiny.md").read_text()
