@@ -9,6 +9,8 @@ Passes over the counts, none holding more than a bounded number of blocks:
 then the neighbour graph and clustering on the PCA, which fits in memory.
 """
 
+import contextlib
+import ctypes
 import logging
 import resource
 import time
@@ -192,12 +194,15 @@ def build_store(
     stages.done("gene-major copy and projection")
 
     if n_cells >= options.min_cells_for_graph:
+        _return_freed_memory()
         connectivities, distances = neighbour_graph(
             x_pca, n_neighbors=options.n_neighbors, random_state=options.random_state
         )
+        _return_freed_memory()
         labels = cluster(
             connectivities, resolution=options.resolution, random_state=options.random_state
         )
+        _return_freed_memory()
     else:
         connectivities = distances = sp.csr_matrix((n_cells, n_cells), dtype=np.float32)
         labels = np.zeros(n_cells, dtype=np.int64)
@@ -232,6 +237,13 @@ def build_store(
     zarr.consolidate_metadata(root.store)
     stages.done("tables and metadata")
     return BuildSummary(n_cells, n_genes, nnz, sample_names, ingested.sample_codes, labels)
+
+
+def _return_freed_memory() -> None:
+    """Give the memory that large steps freed back to the system: glibc keeps it otherwise (two
+    GB after the neighbour search of a million cells), and the Dask worker's limit counts it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _ingest(
