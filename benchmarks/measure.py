@@ -5,6 +5,7 @@ import contextlib
 import resource
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -25,9 +26,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss_mib() -> float:
-    """This process's resident memory now."""
-    return psutil.Process().memory_info().rss / MIB
+def child_peak_rss_mib(pid: int) -> float:
+    """A live child's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now."""
+    return psutil.Process(pid).memory_info().rss / MIB
 
 
 class RssSampler:

@@ -20,11 +20,17 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dask
-import psutil
 from distributed import Client, worker_client
 from fsspec.implementations.local import LocalFileSystem
 
-from benchmarks.measure import MIB, RssSampler, peak_rss_mib, repeat, summary
+from benchmarks.measure import (
+    RssSampler,
+    child_peak_rss_mib,
+    peak_rss_mib,
+    repeat,
+    rss_mib,
+    summary,
+)
 from benchmarks.tiers import LIST_GENES_FILTER, LIST_GENES_LIMIT, ONE_GENE, Tier
 from worker.cluster import load_conf, start_local_cluster
 from worker.dask_worker import is_warm
@@ -89,14 +95,14 @@ def run(tier: Tier) -> dict:
         queue_worker = stack.enter_context(
             _queue_worker_process(settings, cluster.scheduler_address, tier.folder)
         )
-        idle_rss_mib = psutil.Process(queue_worker.pid).memory_info().rss / MIB
+        idle_rss_mib = rss_mib(queue_worker.pid)
         sampler.watch(queue_worker.pid)
         measures[END_TO_END] = _end_to_end(
             settings, {"name": "GeneExpression", "genes": [ONE_GENE]}, tier, sampler
         )
         peaks = {
             "benchmark process (client)": peak_rss_mib(),
-            "worker process (python -m worker)": _peak_rss_mib(queue_worker.pid),
+            "worker process (python -m worker)": child_peak_rss_mib(queue_worker.pid),
         } | {
             f"Dask worker {worker_pids[address]}": peak
             for address, peak in client.run(peak_rss_mib).items()
@@ -235,14 +241,6 @@ def _queue_worker_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _peak_rss_mib(pid: int) -> float:
-    """A live child's peak resident memory (VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 def _end_to_end(settings: Settings, body: dict, tier: Tier, sampler: RssSampler) -> dict:
