@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 
 from distributed import Client
 
@@ -145,21 +146,25 @@ class QueueWorker:
             self._finish(task_name, "error", started, request=request.raw, code=error.code)
             return
         context = TaskContext.for_experiment(self._settings, envelope.experimentId)
-        future = self._client.submit(
-            run_task,
-            envelope.body,
-            context,
-            self._settings.shows_tracebacks,
-            key=f"{task.name}-{request.uuid}-{secrets.token_hex(4)}",
-            pure=False,
-        )
-        outcome = self._wait(future, message)
+        with self._kept_invisible(message):
+            future = self._client.submit(
+                run_task,
+                envelope.body,
+                context,
+                self._settings.shows_tracebacks,
+                key=f"{task.name}-{request.uuid}-{secrets.token_hex(4)}",
+                pure=False,
+            )
+            outcome = self._wait(future)
+            if outcome is not None:
+                code, body = outcome
+                self._answer(
+                    message, request.raw, body, error=code is not None, cacheable=task.cacheable
+                )
         if outcome is None:
             log.info("request %s released unfinished at shutdown", request.uuid)
             self._queue.release(message)
             return
-        code, body = outcome
-        self._answer(message, request.raw, body, error=code is not None, cacheable=task.cacheable)
         self._finish(
             task.name,
             "error" if code else "ok",
@@ -169,22 +174,41 @@ class QueueWorker:
             result_bytes=len(body),
         )
 
-    def _wait(self, future, message: ReceivedMessage) -> tuple[str | None, bytes] | None:
-        """The task's outcome, extending the message's visibility meanwhile; None if released."""
+    @contextmanager
+    def _kept_invisible(self, message: ReceivedMessage):
+        """Extend `message`'s visibility until the block ends, publishing included: a publish
+        that retries for longer than the visibility timeout must not let a second receive of
+        the same message run beside it."""
+        done = threading.Event()
         extend_every = max(1.0, self._settings.visibility_timeout_s / 3)
-        while True:
-            # Once stopping, wake at the end of the grace period rather than the next extension.
-            until_release = max(0.1, self._release_at - time.monotonic())
-            try:
-                return future.result(timeout=min(extend_every, until_release))
-            except (FutureTimeout, TimeoutError):
-                if self._stopping.is_set() and time.monotonic() > self._release_at:
-                    future.cancel()
-                    return None
+
+        def extend_until_done() -> None:
+            while not done.wait(extend_every):
                 try:
                     self._queue.extend(message)
                 except Exception as error:
                     log.warning("extending visibility of %s failed: %s", message.message_id, error)
+
+        extender = threading.Thread(
+            target=extend_until_done, name=f"visibility-{message.message_id}", daemon=True
+        )
+        extender.start()
+        try:
+            yield
+        finally:
+            done.set()
+            extender.join()
+
+    def _wait(self, future) -> tuple[str | None, bytes] | None:
+        """The task's outcome; None if the shutdown grace period ended first."""
+        while True:
+            until_release = max(0.1, self._release_at - time.monotonic())
+            try:
+                return future.result(timeout=min(1.0, until_release))
+            except (FutureTimeout, TimeoutError):
+                if self._stopping.is_set() and time.monotonic() > self._release_at:
+                    future.cancel()
+                    return None
             except Exception as error:
                 # The Dask side failed (a worker died, the task was lost): answer, don't crash.
                 failure = TaskFailed(f"the computation failed: {type(error).__name__}: {error}")
