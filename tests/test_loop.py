@@ -9,8 +9,12 @@ import pytest
 import scipy.sparse as sp
 
 from tests.conftest import make_request, read_published, result_body
-from worker.jsonio import dumps
+from worker.jsonio import dumps, loads
+from worker.loop import answer_on_dask_worker
+from worker.messages import OFFLOAD_BYTES
 from worker.store.experiment import new_version_name, publish_version, zarr_store
+from worker.tasks import run_task
+from worker.tasks.base import TaskContext
 from worker.transport.aws import aws_client
 
 
@@ -162,6 +166,29 @@ def test_large_result_is_offloaded_to_s3(running_worker, settings):
     assert key.startswith(response["request"]["uuid"] + "/")
     body = result_body(response, settings)
     assert body["total"] == len(var) == len(body["rows"])
+
+
+def test_a_large_body_is_stored_by_the_dask_worker_and_a_small_one_travels(dask_client, settings):
+    write_gene_table_store(settings, "bigresult-dask", n_genes=20000)
+    context = TaskContext.for_experiment(settings, "bigresult-dask")
+    s3 = aws_client("s3", settings.aws)
+
+    def answer(body: dict, results_bucket: str):
+        return dask_client.submit(
+            answer_on_dask_worker, body, context, False, "req-1", results_bucket, pure=False
+        ).result()
+
+    code, path, size = answer({"name": "ListGenes"}, settings.results_bucket)
+    bucket, key = path.split("/", 1)
+    assert code is None and bucket == settings.results_bucket and key.startswith("req-1/")
+    stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert size == len(stored) >= OFFLOAD_BYTES
+    assert loads(stored) == loads(run_task({"name": "ListGenes"}, context, False)[1])
+    # Small: the body itself. Unstorable (no such bucket): the body, for the queue worker.
+    code, body, size = answer({"name": "ListGenes", "limit": 2}, settings.results_bucket)
+    assert code is None and len(loads(body)["rows"]) == 2 and size == len(body)
+    code, body, size = answer({"name": "ListGenes"}, "no-such-results-bucket")
+    assert code is None and isinstance(body, bytes) and loads(body)["total"] == 20000
 
 
 def test_several_requests_in_flight_complete_independently(running_worker, settings):

@@ -1,6 +1,7 @@
 """The queue loop: receive, validate, submit to Dask, publish, delete. Knows tasks only
 through the registry."""
 
+import functools
 import logging
 import secrets
 import threading
@@ -14,12 +15,19 @@ from distributed import Client
 from worker.errors import TaskFailed, WorkerError
 from worker.health import HealthServer
 from worker.jsonio import dumps
-from worker.messages import PoisonMessage, build_response, error_body, parse_request, response_text
-from worker.settings import Settings
+from worker.messages import (
+    OFFLOAD_BYTES,
+    PoisonMessage,
+    error_body,
+    parse_request,
+    response_text,
+)
+from worker.settings import AwsSettings, Settings
 from worker.tasks import TASKS, find_task, run_task
 from worker.tasks.base import TaskContext
+from worker.transport.aws import aws_client
 from worker.transport.queue import ReceivedMessage, WorkQueue
-from worker.transport.results import ResultPublisher
+from worker.transport.results import ResultPublisher, store_result
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +156,18 @@ class QueueWorker:
         context = TaskContext.for_experiment(self._settings, envelope.experimentId)
         with self._kept_invisible(message):
             future = self._client.submit(
-                run_task,
+                answer_on_dask_worker,
                 envelope.body,
                 context,
                 self._settings.shows_tracebacks,
+                request.uuid,
+                self._settings.results_bucket,
                 key=f"{task.name}-{request.uuid}-{secrets.token_hex(4)}",
                 pure=False,
             )
             outcome = self._wait(future)
             if outcome is not None:
-                code, body = outcome
+                code, body, body_bytes = outcome
                 self._answer(
                     message, request.raw, body, error=code is not None, cacheable=task.cacheable
                 )
@@ -171,7 +181,7 @@ class QueueWorker:
             started,
             request=request.raw,
             code=code,
-            result_bytes=len(body),
+            result_bytes=body_bytes,
         )
 
     @contextmanager
@@ -199,7 +209,7 @@ class QueueWorker:
             done.set()
             extender.join()
 
-    def _wait(self, future) -> tuple[str | None, bytes] | None:
+    def _wait(self, future) -> tuple[str | None, bytes | str, int] | None:
         """The task's outcome; None if the shutdown grace period ended first."""
         while True:
             until_release = max(0.1, self._release_at - time.monotonic())
@@ -212,21 +222,25 @@ class QueueWorker:
             except Exception as error:
                 # The Dask side failed (a worker died, the task was lost): answer, don't crash.
                 failure = TaskFailed(f"the computation failed: {type(error).__name__}: {error}")
-                return failure.code, error_body(failure)
+                failure_body = error_body(failure)
+                return failure.code, failure_body, len(failure_body)
 
     def _answer(
         self,
         message: ReceivedMessage,
         raw_request: dict,
-        body: bytes,
+        body: bytes | str,
         *,
         error: bool,
         cacheable: bool,
     ) -> None:
         """Publish the response, then delete the message (at least once)."""
-        response = build_response(raw_request, [body], error=error, cacheable=cacheable)
         text = response_text(
-            response, lambda result: self._publisher.put_result(raw_request["uuid"], result)
+            raw_request,
+            [body],
+            error=error,
+            cacheable=cacheable,
+            put_result=lambda result: self._publisher.put_result(raw_request["uuid"], result),
         )
         self._publisher.publish(text)
         self._queue.delete(message)
@@ -255,3 +269,34 @@ class QueueWorker:
             "messageId": message_id,
         }
         log.info("request %s", dumps({k: v for k, v in line.items() if v is not None}).decode())
+
+
+def answer_on_dask_worker(
+    body: dict,
+    context: TaskContext,
+    shows_tracebacks: bool,
+    request_uuid: str,
+    results_bucket: str,
+) -> tuple[str | None, bytes | str, int]:
+    """`run_task` on a Dask worker, whose body, when it could never travel inline, is stored in
+    the results bucket from there: a large answer (every cell's barcode) then never passes
+    through the queue worker's process, whose memory stays independent of the data's size.
+
+    Returns (error code or None, the JSON body or the `"bucket/key"` it is stored at, its size).
+    """
+    code, result_body = run_task(body, context, shows_tracebacks)
+    size = len(result_body)
+    if size < OFFLOAD_BYTES:
+        return code, result_body, size
+    try:
+        path = store_result(_results_s3(context.aws), results_bucket, request_uuid, result_body)
+        return code, path, size
+    except Exception as error:
+        # The queue worker stores it then, and if that fails too the message comes back.
+        log.warning("storing a result from the Dask worker failed: %s", error)
+        return code, result_body, size
+
+
+@functools.cache
+def _results_s3(aws: AwsSettings):
+    return aws_client("s3", aws)

@@ -1,6 +1,7 @@
 """The contract's message formats: the request envelope and the response."""
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -116,36 +117,41 @@ def error_body(error: WorkerError, traceback_text: str | None = None) -> bytes:
     return dumps({"error": detail})
 
 
-def build_response(
-    raw_request: dict[str, Any], result_bodies: list[bytes], *, error: bool, cacheable: bool
-) -> dict[str, Any]:
-    return {
-        "request": raw_request,
-        "results": [
-            {
-                "content-type": "application/json",
-                "content-encoding": "utf-8",
-                "type": "inline",
-                "body": body.decode(),
-            }
-            for body in result_bodies
-        ],
-        "response": {"cacheable": cacheable and not error, "error": error},
-    }
-
-
-def response_text(response: dict[str, Any], put_result) -> str:
+def response_text(
+    raw_request: dict[str, Any],
+    result_bodies: list[bytes | str],
+    *,
+    error: bool,
+    cacheable: bool,
+    put_result: Callable[[bytes], str],
+) -> str:
     """The response's JSON text; bodies move to the results bucket when it is too large.
 
-    Size is measured as published (inside SNS's `{"default": ...}` wrapper, escapes included).
+    A body is its JSON bytes, or a `"bucket/key"` str where it is already stored. Size is
+    measured as published (inside SNS's `{"default": ...}` wrapper, escapes included).
     `put_result(body_bytes) -> "bucket/key"` stores one body.
     """
+
+    def response(results: list[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "request": raw_request,
+            "results": results,
+            "response": {"cacheable": cacheable and not error, "error": error},
+        }
+
+    def result(kind: str, body: str) -> dict[str, str]:
+        return {
+            "content-type": "application/json",
+            "content-encoding": "utf-8",
+            "type": kind,
+            "body": body,
+        }
+
+    inline = all(isinstance(body, bytes) for body in result_bodies)
     # Escaping only grows a body, so bodies this large alone need no measuring.
-    if sum(len(result["body"]) for result in response["results"]) < OFFLOAD_BYTES:
-        text = dumps(response).decode()
+    if inline and sum(len(body) for body in result_bodies) < OFFLOAD_BYTES:
+        text = dumps(response([result("inline", body.decode()) for body in result_bodies])).decode()
         if len(dumps({"default": text})) < OFFLOAD_BYTES:
             return text
-    for result in response["results"]:
-        result["body"] = put_result(result["body"].encode())
-        result["type"] = "s3-path"
-    return dumps(response).decode()
+    stored = [body if isinstance(body, str) else put_result(body) for body in result_bodies]
+    return dumps(response([result("s3-path", path) for path in stored])).decode()

@@ -24,9 +24,14 @@ class ResultPublisher:
 
     def put_result(self, request_uuid: str, body: bytes) -> str:
         """Store a result body in the results bucket; returns `bucket/key`."""
-        key = f"{request_uuid}/{secrets.token_hex(16)}"
-        self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
-        return f"{self.bucket}/{key}"
+        return store_result(self._s3, self.bucket, request_uuid, body)
+
+
+def store_result(s3, bucket: str, request_uuid: str, body: bytes) -> str:
+    """Store a result body in `bucket` under the request's uuid; returns `bucket/key`."""
+    key = f"{request_uuid}/{secrets.token_hex(16)}"
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    return f"{bucket}/{key}"
 
 
 def resolve_topic_arn(sns, topic: str) -> str:
