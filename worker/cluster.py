@@ -54,8 +54,9 @@ def start_local_cluster(*, dashboard_address: str | None = None) -> LocalCluster
         return dask.config.get(f"worker.local-cluster.{name}", default=default)
 
     return LocalCluster(
-        n_workers=option("n-workers", 2),
-        threads_per_worker=option("threads-per-worker", 2),
+        n_workers=option("n-workers", 1),
+        # None: LocalCluster gives each worker its share of the cores.
+        threads_per_worker=option("threads-per-worker", None),
         memory_limit=option("memory-limit", "auto"),
         dashboard_address=dashboard_address or option("dashboard-address", ":8787"),
         processes=True,
