@@ -43,6 +43,18 @@ def test_neighbour_graph_equals_scanpy(scanpy_graph):
         assert (ours != theirs).nnz == 0
 
 
+# scanpy's neighbours are pynndescent's from 8192 cells (euclidean) or 4096 (other metrics);
+# ours are too, without the search index scanpy's transformer builds after the graph.
+@pytest.mark.parametrize(("metric", "n_cells"), [("euclidean", 9000), ("cosine", 4500)])
+def test_neighbour_graph_equals_scanpy_where_it_uses_pynndescent(metric, n_cells):
+    adata = AnnData(obsm={"X_pca": clustered_pca(n_cells, seed=1)})
+    sc.pp.neighbors(adata, n_neighbors=15, use_rep="X_pca", metric=metric)
+    connectivities, distances = neighbour_graph(adata.obsm["X_pca"], metric=metric)
+    assert (connectivities != adata.obsp["connectivities"]).nnz == 0
+    assert (distances != adata.obsp["distances"]).nnz == 0
+    assert np.diff(distances.indptr).min() >= 15
+
+
 @pytest.mark.parametrize("resolution", [0.5, 1.0, 1.5])
 @pytest.mark.parametrize("random_state", [0, 1])
 def test_leiden_equals_scanpy(scanpy_graph, resolution, random_state):
