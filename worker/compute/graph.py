@@ -125,12 +125,12 @@ def cluster(
     # twice; the edge order matters to the partition found.
     entries = sparse.coo_matrix(connectivities)
     stored = entries.data != 0
-    graph = igraph.Graph(
-        n=connectivities.shape[0],
-        edges=np.column_stack((entries.row[stored], entries.col[stored])),
-        directed=False,
-    )
+    edges = np.column_stack((entries.row[stored], entries.col[stored]))
     weights = entries.data[stored].astype(np.float64)
+    # Freed before igraph builds its graph (a GB at a million cells), not after.
+    del entries, stored
+    graph = igraph.Graph(n=connectivities.shape[0], edges=edges, directed=False)
+    del edges
     with igraph_random_state(random_state):
         if method == "louvain":
             partition = graph.community_multilevel(weights=weights, resolution=resolution)
