@@ -1,7 +1,6 @@
 """The queue loop: receive, validate, submit to Dask, publish, delete. Knows tasks only
 through the registry."""
 
-import functools
 import logging
 import secrets
 import threading
@@ -22,10 +21,9 @@ from worker.messages import (
     parse_request,
     response_text,
 )
-from worker.settings import AwsSettings, Settings
+from worker.settings import Settings
 from worker.tasks import TASKS, find_task, run_task
 from worker.tasks.base import TaskContext
-from worker.transport.aws import aws_client
 from worker.transport.queue import ReceivedMessage, WorkQueue
 from worker.transport.results import ResultPublisher, store_result
 
@@ -289,14 +287,9 @@ def answer_on_dask_worker(
     if size < OFFLOAD_BYTES:
         return code, result_body, size
     try:
-        path = store_result(_results_s3(context.aws), results_bucket, request_uuid, result_body)
+        path = store_result(context.aws, results_bucket, request_uuid, result_body)
         return code, path, size
     except Exception as error:
         # The queue worker stores it then, and if that fails too the message comes back.
         log.warning("storing a result from the Dask worker failed: %s", error)
         return code, result_body, size
-
-
-@functools.cache
-def _results_s3(aws: AwsSettings):
-    return aws_client("s3", aws)
