@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -32,19 +31,18 @@ from benchmarks.measure import (
     summary,
 )
 from benchmarks.tiers import LIST_GENES_FILTER, LIST_GENES_LIMIT, ONE_GENE, Tier
-from worker.cluster import load_conf, start_local_cluster
-from worker.dask_worker import is_warm
-from worker.emulator import Emulator, provision
-from worker.jsonio import dumps, loads
+from worker.local.client import ApiClient, make_request
+from worker.local.emulator import Emulator, provision
+from worker.service.cluster import load_conf, start_local_cluster
+from worker.service.dask_worker import is_warm
 from worker.settings import Settings, load_settings
-from worker.store.build import BuildOptions, build_store
-from worker.store.cell_sets import cluster_hierarchy, write_cell_sets
-from worker.store.experiment import experiment_url, new_version_name, publish_version
+from worker.store.build import BuildPlan, build_store
+from worker.store.cell_sets import cluster_hierarchy, update_cell_sets
+from worker.store.locations import new_version_name, publish_version, version_url
 from worker.store.sources import open_source
-from worker.tasks import run_task
+from worker.tasks import TASKS
 from worker.tasks.base import TaskContext
-from worker.transport.aws import aws_client
-from worker.transport.queue import WorkQueue
+from worker.tasks.dispatch import Inline, run_task, validated
 
 EXPERIMENT = "benchmark"
 END_TO_END = "GeneExpression, 1 gene, send to SNS"
@@ -87,7 +85,7 @@ def run(tier: Tier) -> dict:
             tier.dataset.cluster_labels,
             child_names=tier.dataset.cluster_names,
         )
-        write_cell_sets(settings.cell_sets_bucket, EXPERIMENT, settings.aws, [cell_types])
+        update_cell_sets(context.cell_sets_location, lambda current: [cell_types])
         for name, body, repeats in _queries(tier):
             measures[name] = repeat(
                 lambda body=body: _run_task(client, context, body), repeats, sampler
@@ -155,10 +153,15 @@ def prepare_from_file(context: TaskContext, source: str) -> float:
     started = time.perf_counter()
     samples = open_source(LocalFileSystem(), source, "h5ad")
     version = new_version_name()
-    url = f"{experiment_url(context.store_root, context.experiment_id)}/{version}"
+    url = version_url(context.store_root, context.experiment_id, version)
     provenance = {"source": source, "format": "h5ad"}
     with worker_client() as client:
-        build_store(url, samples, context.aws, client, BuildOptions(), provenance)
+        build_store(
+            plan=BuildPlan(url=url, aws=context.aws),
+            samples=samples,
+            client=client,
+            provenance=provenance,
+        )
     publish_version(context.store_root, context.experiment_id, version, context.aws, provenance)
     return time.perf_counter() - started
 
@@ -186,12 +189,13 @@ def _prepare(client: Client, context: TaskContext, tier: Tier, sampler: RssSampl
 
 def timed_run_task(body: dict, context: TaskContext) -> tuple[float, bytes]:
     """`run_task` timed on the Dask worker; an error answer fails the benchmark."""
+    task, validated_body = validated(TASKS, body)
     started = time.perf_counter()
-    code, payload = run_task(body, context, shows_tracebacks=True)
+    result = run_task(task, validated_body, context, Inline(), shows_tracebacks=True)
     seconds = time.perf_counter() - started
-    if code is not None:
-        raise RuntimeError(f"{body['name']} answered {code}: {payload[:2000].decode()}")
-    return seconds, payload
+    if result.code is not None:
+        raise RuntimeError(f"{body['name']} answered {result.code}: {result.body[:2000].decode()}")
+    return seconds, result.body
 
 
 def _run_task(client: Client, context: TaskContext, body: dict) -> dict[str, float]:
@@ -246,34 +250,17 @@ def _queue_worker_process(
 def _end_to_end(settings: Settings, body: dict, tier: Tier, sampler: RssSampler) -> dict:
     """Requests sent to the work queue, answered by `python -m worker`, timed until the
     response arrives on the queue subscribed to the results topic."""
-    sqs = aws_client("sqs", settings.aws)
-    queue = WorkQueue(settings)
-    results_url = sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
+    api = ApiClient(settings)
 
     def ask() -> dict[str, float]:
-        request = {
-            "uuid": str(uuid.uuid4()),
-            "socketId": "benchmark",
-            "experimentId": EXPERIMENT,
-            "timeout": "2099-12-31 00:00:00",
-            "body": body,
-        }
+        request = make_request(body, EXPERIMENT)
         started = time.perf_counter()
-        sqs.send_message(
-            QueueUrl=queue.url, MessageBody=dumps(request).decode(), MessageGroupId=request["uuid"]
-        )
-        while time.perf_counter() - started < RESPONSE_TIMEOUT_S:
-            reply = sqs.receive_message(QueueUrl=results_url, WaitTimeSeconds=1)
-            for message in reply.get("Messages", []):
-                seconds = time.perf_counter() - started
-                sqs.delete_message(QueueUrl=results_url, ReceiptHandle=message["ReceiptHandle"])
-                response = loads(loads(message["Body"])["Message"])
-                if response["request"]["uuid"] != request["uuid"]:
-                    continue
-                if response["response"]["error"]:
-                    raise RuntimeError(f"{body['name']} answered an error: {response}")
-                return {"send_to_sns": seconds}
-        raise TimeoutError(f"no response to {body['name']} in {RESPONSE_TIMEOUT_S} s")
+        api.send(request)
+        response = api.response(request["uuid"], RESPONSE_TIMEOUT_S)
+        seconds = time.perf_counter() - started
+        if response["response"]["error"]:
+            raise RuntimeError(f"{body['name']} answered an error: {response}")
+        return {"send_to_sns": seconds}
 
     return repeat(ask, tier.light_repeats, sampler)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from worker.cluster import AGREEING_PACKAGES
+from worker.service.cluster import AGREEING_PACKAGES
 
 MEASURES = (
     "PrepareExperiment",

@@ -3,23 +3,23 @@
 import os
 import socket
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
 
-from worker.emulator import Emulator, provision
-from worker.health import HealthServer
-from worker.jsonio import dumps, loads
-from worker.loop import QueueWorker
+from worker.local.client import ApiClient, make_request
+from worker.local.emulator import Emulator, provision
+from worker.service.health import HealthServer
+from worker.service.loop import QueueWorker
 from worker.settings import Settings, load_settings
 from worker.transport.aws import aws_client
 from worker.transport.queue import WorkQueue
-from worker.transport.results import ResultPublisher
+from worker.transport.seed import SeedProtocol
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "10x"
+# Real Cell Ranger outputs, from scanpy's test data (see its README).
+TENX_DATA = Path(__file__).resolve().parent / "data" / "10x"
 
 
 def free_port() -> int:
@@ -89,69 +89,34 @@ def settings(emulator) -> Settings:
     return make_settings(emulator.url)
 
 
-def make_request(body: dict, experiment_id: str = "e1", **fields) -> dict:
-    return {
-        "uuid": str(uuid.uuid4()),
-        "socketId": "socket-1",
-        "experimentId": experiment_id,
-        "timeout": "2099-12-31 00:00:00",
-        "body": body,
-        **fields,
-    }
-
-
 class RunningWorker:
-    """A QueueWorker serving in a thread, with helpers to send requests and read responses."""
+    """A QueueWorker serving in a thread, and the API's client to talk to it."""
 
-    def __init__(self, settings: Settings, client: Client):
+    def __init__(self, settings: Settings, client: Client, protocols=None):
         self.settings = settings
         self.sqs = aws_client("sqs", settings.aws)
         self.queue = WorkQueue(settings)
         self.health = HealthServer(host="127.0.0.1", port=0, stale_after_s=30)
         self.worker = QueueWorker(
-            settings, client, self.queue, ResultPublisher(settings), self.health
+            settings, client, self.queue, protocols or [SeedProtocol(settings)], self.health
         )
-        self.results_url = self.sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
+        self.api = ApiClient(settings)
         self._thread = threading.Thread(target=self.worker.run, daemon=True)
         self._thread.start()
-        self._received: dict[str, dict] = {}
 
     def send(self, request: dict | str) -> None:
-        body = request if isinstance(request, str) else dumps(request).decode()
-        self.sqs.send_message(
-            QueueUrl=self.queue.url, MessageBody=body, MessageGroupId=uuid.uuid4().hex
-        )
+        self.api.send(request)
 
     def response(self, request_uuid: str, timeout_s: float = 120) -> dict:
-        """The response published for `request_uuid`, read from the subscribed queue."""
-        deadline = time.monotonic() + timeout_s
-        while request_uuid not in self._received:
-            assert time.monotonic() < deadline, f"no response for {request_uuid}"
-            for response in read_published(self.sqs, self.results_url, wait_s=1):
-                self._received[response["request"]["uuid"]] = response
-        return self._received.pop(request_uuid)
+        return self.api.response(request_uuid, timeout_s)
 
     def ask(self, body: dict, experiment_id: str = "e1", timeout_s: float = 120) -> dict:
-        request = make_request(body, experiment_id)
-        self.send(request)
-        return self.response(request["uuid"], timeout_s)
+        return self.api.ask(body, experiment_id, timeout_s)
 
     def stop(self) -> None:
         self.worker.stop()
         self._thread.join(timeout=60)
         assert not self._thread.is_alive()
-
-
-def read_published(sqs, queue_url: str, wait_s: int = 1) -> list[dict]:
-    """Responses delivered by SNS to an SQS queue, unwrapped, deleted once read."""
-    reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s)
-    responses = []
-    for message in reply.get("Messages", []):
-        notification = loads(message["Body"])
-        assert notification["MessageAttributes"]["type"]["Value"] == "WorkResponse"
-        responses.append(loads(notification["Message"]))
-        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-    return responses
 
 
 @pytest.fixture
@@ -163,12 +128,7 @@ def running_worker(settings, dask_client):
 
 def result_body(response: dict, settings: Settings):
     """The first result's body as JSON, fetched from the results bucket when offloaded."""
-    result = response["results"][0]
-    if result["type"] == "s3-path":
-        bucket, key = result["body"].split("/", 1)
-        s3 = aws_client("s3", settings.aws)
-        return loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    return loads(result["body"])
+    return ApiClient(settings).result(response)
 
 
 SOURCE_BUCKET = "biomage-source-test"
@@ -197,7 +157,7 @@ def session_worker(session_settings, dask_client):
 
 @pytest.fixture(scope="session")
 def prepared_10x(session_settings, session_worker) -> dict[str, dict]:
-    """Each real Cell Ranger file of shared/data/10x prepared once: name -> PrepareExperiment
+    """Each real Cell Ranger file of tests/data/10x prepared once: name -> PrepareExperiment
     result."""
     sources = {
         "v2_mtx": "v2_mtx",
@@ -207,7 +167,7 @@ def prepared_10x(session_settings, session_worker) -> dict[str, dict]:
     }
     requests = {}
     for name, source in sources.items():
-        upload_folder(session_settings, SHARED_DATA / source, SOURCE_BUCKET, f"shared/{name}")
+        upload_folder(session_settings, TENX_DATA / source, SOURCE_BUCKET, f"shared/{name}")
         key = f"shared/{name}" + (f"/{source}" if source.endswith(".h5") else "")
         request = make_request(
             {"name": "PrepareExperiment", "sourceBucket": SOURCE_BUCKET, "sourceMatrixPath": key},
@@ -239,7 +199,7 @@ def synthetic_dataset():
 def prepared_synthetic(session_settings, session_worker, synthetic_dataset) -> dict:
     """The generated dataset written as h5ad and prepared once (experiment `synthetic-5k`)."""
     from worker.datasets.synthetic import write_h5ad
-    from worker.store.experiment import filesystem
+    from worker.store.locations import filesystem
 
     fs, _ = filesystem("s3://", session_settings.aws)
     write_h5ad(fs, f"{SOURCE_BUCKET}/synthetic/5k.h5ad", synthetic_dataset)

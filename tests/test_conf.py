@@ -23,8 +23,8 @@ from pathlib import Path
 import dask
 from distributed import Client
 
-from worker.cluster import load_conf, start_local_cluster
-from worker.dask_worker import is_warm
+from worker.service.cluster import load_conf, start_local_cluster
+from worker.service.dask_worker import is_warm
 
 KEYS = {KEYS!r}
 
@@ -61,7 +61,7 @@ def test_conf_is_over_dask_defaults_under_the_environment_and_in_every_dask_work
 
     # Dask's own default target is 0.6: the conf's value wins over it, the environment over both.
     target = conf["distributed"]["worker"]["memory"]["target"]
-    expected = [target, 0.5, ["worker.dask_worker"], conf["worker"]["warm-up-numba"]]
+    expected = [target, 0.5, ["worker.service.dask_worker"], conf["worker"]["warm-up-numba"]]
     assert target != 0.6
     assert found["here"] == expected
     assert found["workers"] == [expected]

@@ -9,18 +9,18 @@ import pandas as pd
 import pytest
 
 from tests.conftest import (
-    SHARED_DATA,
     SOURCE_BUCKET,
+    TENX_DATA,
     make_request,
     make_settings,
-    read_published,
     result_body,
     upload_folder,
 )
+from tests.tasks.helpers import read_hierarchies
 from tests.worker_process import WorkerProcess, worker_environment
 from worker.jsonio import dumps
-from worker.store.cell_sets import read_cell_sets
-from worker.store.experiment import list_versions, read_manifest, zarr_store
+from worker.local.client import ApiClient
+from worker.store.locations import list_versions, read_manifest, zarr_store
 from worker.transport.aws import aws_client
 
 
@@ -38,13 +38,13 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def responses_until(sqs, results_url: str, request_uuid: str, timeout_s: float) -> list[dict]:
+def responses_until(api: ApiClient, request_uuid: str, timeout_s: float) -> list[dict]:
     """Every response published until the one for `request_uuid` arrives."""
     seen: list[dict] = []
     deadline = time.monotonic() + timeout_s
     while all(response["request"]["uuid"] != request_uuid for response in seen):
         assert time.monotonic() < deadline, f"no response for {request_uuid}"
-        seen.extend(read_published(sqs, results_url, wait_s=1))
+        seen.extend(api.published(wait_s=1))
     return seen
 
 
@@ -59,8 +59,8 @@ def test_killed_worker_loses_no_request_and_leaves_no_half_store(emulator, tmp_p
     settings = make_settings(emulator.url, WORKER_VISIBILITY_TIMEOUT="5")
     sqs = aws_client("sqs", settings.aws)
     queue_url = sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"]
-    results_url = sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
-    upload_folder(settings, SHARED_DATA / "v3_mtx_gz", SOURCE_BUCKET, "crash/v3")
+    api = ApiClient(settings)
+    upload_folder(settings, TENX_DATA / "v3_mtx_gz", SOURCE_BUCKET, "crash/v3")
     environment = worker_environment(settings)
     prepare = {
         "name": "PrepareExperiment",
@@ -90,12 +90,12 @@ def test_killed_worker_loses_no_request_and_leaves_no_half_store(emulator, tmp_p
         )
         first.kill()
         assert read_manifest(settings.store_root, "crashed", settings.aws) is None
-        assert read_published(sqs, results_url) == []
+        assert api.published() == []
         [half_written] = list_versions(settings.store_root, "crashed", settings.aws)
 
         # The next worker receives it again after the visibility timeout and completes it.
         second = start()
-        [response] = responses_until(sqs, results_url, crashed["uuid"], 420)
+        [response] = responses_until(api, crashed["uuid"], 420)
         assert response["request"] == crashed and response["response"]["error"] is False
         manifest = read_manifest(settings.store_root, "crashed", settings.aws)
         assert manifest["version"] != half_written
@@ -107,20 +107,20 @@ def test_killed_worker_loses_no_request_and_leaves_no_half_store(emulator, tmp_p
         wait_for(lambda: in_flight(sqs, queue_url) == 1, 60, "the UMAP request to be received")
         time.sleep(1)
         second.kill()
-        assert read_published(sqs, results_url) == []
+        assert api.published() == []
 
         third = start()
-        [response] = responses_until(sqs, results_url, umap["uuid"], 180)
+        [response] = responses_until(api, umap["uuid"], 180)
         assert response["response"]["error"] is False
         embedding = result_body(response, settings)
 
         # Equal to an uninterrupted run, and the cached UMAP is the one answered.
         reference = make_request(prepare, experiment_id="uninterrupted")
         send(reference)
-        responses_until(sqs, results_url, reference["uuid"], 420)
+        responses_until(api, reference["uuid"], 420)
         again = make_request({"name": "GetEmbedding", "type": "umap"}, experiment_id="crashed")
         send(again)
-        [response] = responses_until(sqs, results_url, again["uuid"], 60)
+        [response] = responses_until(api, again["uuid"], 60)
         assert result_body(response, settings) == embedding
         third.stop()
     finally:
@@ -136,6 +136,4 @@ def test_killed_worker_loses_no_request_and_leaves_no_half_store(emulator, tmp_p
     pd.testing.assert_frame_equal(crashed_store.var, uninterrupted.var)
     np.testing.assert_allclose(crashed_store.obsm["X_pca"], uninterrupted.obsm["X_pca"], rtol=1e-5)
     assert (crashed_store.obsp["connectivities"] != uninterrupted.obsp["connectivities"]).nnz == 0
-    assert read_cell_sets(settings.cell_sets_bucket, "crashed", settings.aws) == read_cell_sets(
-        settings.cell_sets_bucket, "uninterrupted", settings.aws
-    )
+    assert read_hierarchies(settings, "crashed") == read_hierarchies(settings, "uninterrupted")

@@ -26,23 +26,21 @@ from distributed import Client, get_task_stream
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
-    SHARED_DATA,
     SOURCE_BUCKET,
+    TENX_DATA,
     RunningWorker,
     free_port,
     make_request,
     make_settings,
-    read_published,
     result_body,
     upload_folder,
 )
 from tests.tasks.helpers import scanpy_log_normalised
-from worker.cluster import connect
 from worker.datasets.synthetic import SyntheticDataset, write_h5ad
-from worker.jsonio import dumps
+from worker.local.client import ApiClient
+from worker.service.cluster import connect
 from worker.settings import Settings
-from worker.store.experiment import filesystem, list_versions, read_manifest, zarr_store
-from worker.transport.aws import aws_client
+from worker.store.locations import filesystem, list_versions, read_manifest, zarr_store
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -191,7 +189,7 @@ def prepare(worker: RunningWorker, experiment_id: str, source: str) -> dict:
 @pytest.fixture(scope="module")
 def prepared_on_cluster(cluster_settings, cluster_worker, client) -> tuple[dict, list[dict]]:
     """shared/data/10x/v3_mtx_gz prepared on the cluster, and the scheduler's task stream of it."""
-    upload_folder(cluster_settings, SHARED_DATA / "v3_mtx_gz", SOURCE_BUCKET, "distributed/v3")
+    upload_folder(cluster_settings, TENX_DATA / "v3_mtx_gz", SOURCE_BUCKET, "distributed/v3")
     with get_task_stream(client) as stream:
         result = prepare(cluster_worker, "distributed-v3", "distributed/v3")
     return result, stream.data
@@ -350,19 +348,17 @@ def test_python_m_worker_on_the_cluster_serves_health_and_metrics(
         served = ("worker_requests_total", frozenset({("task", "ListGenes"), ("outcome", "ok")}))
         assert served not in scrape(health_port)
 
-        sqs = aws_client("sqs", settings.aws)
+        api = ApiClient(settings)
         request = make_request({"name": "ListGenes", "limit": 3}, "distributed-v3")
-        sqs.send_message(
-            QueueUrl=sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"],
-            MessageBody=dumps(request).decode(),
-            MessageGroupId="health",
-        )
+        api.send(request)
         # The loop logs a request's line after counting it.
         output.wait_for('"task":"ListGenes"', '"outcome":"ok"')
         assert scrape(health_port)[served] == 1
-        results_url = sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
-        [response] = read_published(sqs, results_url, wait_s=5)
-        assert response["request"]["uuid"] == request["uuid"]
+        response = api.response(request["uuid"], timeout_s=30)
+        assert (
+            api.result(response) == {"rows": [], "total": 0}
+            or len(api.result(response)["rows"]) == 3
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         status = process.wait(timeout=60)

@@ -9,14 +9,14 @@ import time
 import pytest
 
 from tests.conftest import RunningWorker, make_request, make_settings, result_body
-from tests.fault_proxy import FaultProxy
 from tests.test_loop import wait_until_queue_empty, write_gene_table_store
 from worker.jsonio import dumps
+from worker.local.aws_proxy import AwsProxy
 
 
 @pytest.fixture
 def proxy(emulator):
-    proxy = FaultProxy(emulator.url)
+    proxy = AwsProxy(emulator.url)
     yield proxy
     proxy.stop()
 
@@ -57,7 +57,7 @@ def test_transient_s3_and_sns_faults_are_retried(proxy, proxied_worker):
 def test_s3_down_gives_an_error_response(proxy, proxied_worker, caplog):
     write_gene_table_store(proxied_worker.settings, "faults-s3-down")
     proxy.fail("s3", 503)
-    with caplog.at_level(logging.INFO, logger="worker.loop"):
+    with caplog.at_level(logging.INFO, logger="worker.service.loop"):
         error = answer(proxied_worker, {"name": "ListGenes"}, "faults-s3-down", 180)["error"]
     assert error["code"] == "TaskFailed" and "traceback" not in error
     assert '"code":"TaskFailed"' in caplog.text
@@ -74,16 +74,16 @@ def test_sns_down_leaves_the_message_to_come_back(proxy, proxied_worker, caplog)
     write_gene_table_store(proxied_worker.settings, "faults-sns-down")
     proxy.fail("sns", 503)
     request = make_request({"name": "ListGenes", "limit": 1}, "faults-sns-down")
-    with caplog.at_level(logging.ERROR, logger="worker.loop"):
+    with caplog.at_level(logging.ERROR, logger="worker.service.loop"):
         proxied_worker.send(request)
         deadline = time.monotonic() + 120
-        while "failed outside its task on receive 1" not in caplog.text:
+        while '"outcome":"failed"' not in caplog.text:
             assert time.monotonic() < deadline, "the publish failure was not logged"
             time.sleep(0.2)
     proxy.clear()
     response = proxied_worker.response(request["uuid"], timeout_s=120)
     assert response["request"] == request and response["response"]["error"] is False
-    assert "on receive 2" not in caplog.text
+    assert '"receiveCount":1' in caplog.text and '"receiveCount":2' not in caplog.text
     wait_until_queue_empty(proxied_worker, timeout_s=60)
 
 
@@ -96,7 +96,7 @@ def test_request_failing_every_time_is_dead_lettered_and_blocks_no_other(
     doomed = make_request({"name": "ListGenes", "limit": 1}, "faults-dlq")
     # Its response is refused for good (400: not retried); every other response goes through.
     proxy.fail("sns", 400, matching=doomed["uuid"].encode())
-    with caplog.at_level(logging.ERROR, logger="worker.loop"):
+    with caplog.at_level(logging.ERROR, logger="worker.service.loop"):
         proxied_worker.send(doomed)
         others = [make_request({"name": "ListGenes", "offset": i, "limit": 1}, "faults-dlq")
                   for i in range(6)]  # fmt: skip
@@ -117,5 +117,6 @@ def test_request_failing_every_time_is_dead_lettered_and_blocks_no_other(
             )
     assert [message["Body"] for message in dead] == [dumps(doomed).decode()]
     assert proxy.failed["sns"] == 3
-    assert "on receive 3 of 3; the queue moves it to the dead-letter queue" in caplog.text
+    [last] = [line for line in caplog.text.splitlines() if '"receiveCount":3' in line]
+    assert '"outcome":"failed"' in last and '"then":"dead-lettered by the queue"' in last
     wait_until_queue_empty(proxied_worker)

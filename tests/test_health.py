@@ -5,7 +5,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.health import HealthServer
+from worker.service.health import HealthServer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -4,25 +4,26 @@ outside development, or a read outside the experiment's own prefix."""
 
 import re
 import time
-import uuid
-from contextlib import ExitStack
-from unittest import mock
 
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import make_request, result_body
+from tests.conftest import make_request, make_settings, result_body
 from tests.test_loop import write_gene_table_store
-from worker.errors import InvalidRequest, UnknownTask
+from worker.errors import InvalidRequest, PoisonMessage, UnknownTask
 from worker.jsonio import dumps
-from worker.messages import PoisonMessage, parse_request
-from worker.store import cell_sets, experiment
-from worker.store.experiment import new_version_name, publish_version
-from worker.tasks import TASKS, find_task, run_task
+from worker.local.aws_proxy import AwsProxy
+from worker.settings import load_settings
+from worker.store.experiment import forget_manifest
+from worker.store.locations import new_version_name, publish_version
+from worker.tasks import TASKS
 from worker.tasks.base import TaskContext
+from worker.tasks.dispatch import Inline, run_task, validated
 from worker.tasks.list_genes import GENE_FIELDS, GeneTable
+from worker.transport.protocol import Request, parse_message
+from worker.transport.seed import MAX_MESSAGE_BYTES, SeedProtocol
 
 HUGE = 987654321987
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,6 +49,14 @@ JSON_VALUES = st.recursive(
 )
 
 
+SEED = SeedProtocol(load_settings({"CLUSTER_ENV": "test"}))
+
+
+def parse_request(text: str) -> Request:
+    """The request as the loop parses it; PoisonMessage when nobody can be answered."""
+    return parse_message(text, [SEED])[1]
+
+
 def envelope(**fields) -> dict:
     return {
         "uuid": "u-1",
@@ -68,7 +77,7 @@ def assert_parses_or_poison(text: str) -> None:
         assert request.invalid.message.startswith("invalid request: ")
         assert len(request.invalid.message) < 4000
     else:
-        assert request.envelope is not None
+        assert request.body is not None and request.timeout is not None
 
 
 @FEW
@@ -94,54 +103,91 @@ def test_any_text_is_parsed_or_poison(text):
     "text",
     [
         "[" * 2000 + "]" * 2000,  # deeper than the JSON parser allows
-        dumps(envelope(body={"name": "ListGenes", "x": [[[[]]]]}))
-        .decode()
-        .replace("[[[[]]]]", "[" * 300 + "]" * 300),  # parses, but too deep to echo in the response
-        dumps(envelope(socketId="x" * 200_000)).decode(),  # fits SQS, not its echo in SNS
-        dumps(envelope(body={"name": "GeneExpression", "genes": ['"'] * 40_000})).decode(),
         '{"uuid": "u", "socketId": "s", "body": NaN}',
         '{"uuid": "u", "socketId": "s", "timeout": Infinity}',
         "x" * (300 * 1024),
+        dumps({"socketId": "s", "body": {"name": "ListGenes"}}).decode(),
+        dumps({"uuid": "", "socketId": "s"}).decode(),
+        dumps({"uuid": "u"}).decode(),
     ],
-    ids=["deep", "deep-echo", "long-socket", "escapes-double", "nan", "infinity", "huge"],
+    ids=["deep", "nan", "infinity", "huge", "no-uuid", "empty-uuid", "no-socket"],
 )
 def test_unanswerable_messages_are_poison(text):
     with pytest.raises(PoisonMessage):
         parse_request(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        (
+            dumps(envelope(body={"name": "ListGenes", "x": [[[[]]]]}))
+            .decode()
+            .replace("[[[[]]]]", "[" * 300 + "]" * 300),
+            "cannot be echoed",
+        ),
+        (dumps(envelope(socketId="x" * 200_000)).decode(), "at most 131072 bytes"),
+        (
+            dumps(envelope(body={"name": "GeneExpression", "genes": ['"'] * 40_000})).decode(),
+            "at most 131072 bytes",
+        ),
+        (
+            dumps(envelope(body={"name": "GeneExpression", "genes": ["G"] * 70_000})).decode(),
+            f"limited to {MAX_MESSAGE_BYTES} bytes",
+        ),
+    ],
+    ids=["deep-echo", "long-socket", "escapes-double", "over-256-KiB"],
+)
+def test_requests_too_large_to_echo_are_answered_naming_the_limit(text, limit):
+    """A well-formed request the response cannot echo under SNS's 256 KiB is answered with an
+    InvalidRequest naming the limit, echoing only its envelope and the task's name."""
+    request = parse_request(text)
+    assert request.invalid is not None and limit in request.invalid.message
+    raw = dumps(request.raw)
+    assert len(raw) < 2000
+    assert request.raw["uuid"] == "u-1" and request.raw["body"]["name"] in text
+
+
 @pytest.mark.parametrize("timeout", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59"])
 def test_extreme_timeouts_are_compared_without_error(timeout):
     request = parse_request(dumps(envelope(timeout=timeout)).decode())
-    assert request.envelope.expired() is timeout.startswith("0001")
+    assert request.expired() is timeout.startswith("0001")
 
 
-def read_paths(experiment_id: str, aws, store_root: str, bucket: str) -> list[str]:
-    """Every URL the worker opens while running each store-reading task for `experiment_id`."""
-    opened = []
+def s3_paths_read(proxy: AwsProxy, settings, experiment_id: str) -> list[str]:
+    """Every S3 path the tasks request, through the proxy, while running each store-reading
+    task for `experiment_id` (in this process)."""
+    context = TaskContext.for_experiment(settings, experiment_id)
+    # This process may hold the manifest from an earlier example: read it again.
+    forget_manifest(settings.store_root, experiment_id)
+    proxy.forget()
+    for body in [
+        {"name": "ListGenes", "limit": 1},
+        {"name": "GeneExpression", "genes": ["CST3"], "cellSets": ["louvain-0"]},
+        {"name": "ClusterCells", "type": "louvain", "cellSetKey": "k", "cellSetName": "K"},
+    ]:
+        task, validated_body = validated(TASKS, body)
+        run_task(task, validated_body, context, Inline(), shows_tracebacks=False)
+    return [request.key for request in proxy.requests_of("s3")]
 
-    def recording(function):
-        def record(url, *args, **kwargs):
-            opened.append(url)
-            return function(url, *args, **kwargs)
 
-        return record
+@pytest.fixture(scope="module")
+def recording_proxy(emulator):
+    proxy = AwsProxy(emulator.url)
+    yield proxy
+    proxy.stop()
 
-    context = TaskContext(experiment_id, aws, store_root, bucket, ("biomage-source-test",))
-    with ExitStack() as patches:
-        for module, name in [
-            (experiment, "filesystem"),
-            (experiment, "zarr_store"),
-            (cell_sets, "filesystem"),
-        ]:
-            patches.enter_context(mock.patch.object(module, name, recording(getattr(module, name))))
-        for body in [
-            {"name": "ListGenes", "limit": 1},
-            {"name": "GeneExpression", "genes": ["CST3"], "cellSets": ["louvain-0"]},
-            {"name": "ClusterCells", "type": "louvain", "cellSetKey": "k", "cellSetName": "K"},
-        ]:
-            run_task(body, context, shows_tracebacks=False)
-    return opened
+
+@pytest.fixture(scope="module")
+def proxied_settings(recording_proxy):
+    return make_settings(recording_proxy.url)
+
+
+def assert_inside(paths: list[str], settings, experiment_id: str) -> None:
+    store_prefix = f"/{settings.processed_bucket}/{experiment_id}/"
+    cell_sets_key = f"/{settings.cell_sets_bucket}/{experiment_id}"
+    for path in paths:
+        assert path.startswith(store_prefix) or path == cell_sets_key, path
 
 
 EXPERIMENT_IDS = st.text(
@@ -149,29 +195,32 @@ EXPERIMENT_IDS = st.text(
 ) | st.sampled_from(HOSTILE_STRINGS)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(experiment_id=EXPERIMENT_IDS)
-def test_experiment_id_is_rejected_or_reads_only_its_own_prefix(experiment_id, session_settings):
+def test_experiment_id_is_rejected_or_reads_only_its_own_prefix(
+    experiment_id, recording_proxy, proxied_settings
+):
     request = parse_request(dumps(envelope(experimentId=experiment_id)).decode())
     if request.invalid is not None:
         assert "experimentId" in request.invalid.message
         return
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", experiment_id)
-    root = session_settings.store_root
-    bucket = session_settings.cell_sets_bucket
-    own_prefix = f"{root}/{experiment_id}/"
-    for url in read_paths(experiment_id, session_settings.aws, root, bucket):
-        assert url == f"s3://{bucket}/{experiment_id}" or url.startswith(own_prefix), url
+    paths = s3_paths_read(recording_proxy, proxied_settings, experiment_id)
+    assert paths
+    assert_inside(paths, proxied_settings, experiment_id)
 
 
-def test_prepared_experiment_reads_stay_inside_its_prefix(session_settings):
+def test_prepared_experiment_reads_stay_inside_its_prefix(recording_proxy, proxied_settings):
     """The same property on an experiment that exists, so the reads go past the manifest."""
-    write_gene_table_store(session_settings, "hostile-prefix")
-    root, bucket = session_settings.store_root, session_settings.cell_sets_bucket
-    urls = read_paths("hostile-prefix", session_settings.aws, root, bucket)
-    assert any("/v" in url for url in urls)  # a version was opened, not only the manifest
-    for url in urls:
-        assert url.startswith(f"{root}/hostile-prefix/") or url == f"s3://{bucket}/hostile-prefix"
+    write_gene_table_store(proxied_settings, "hostile-prefix")
+    paths = s3_paths_read(recording_proxy, proxied_settings, "hostile-prefix")
+    # A version was opened, not only the manifest.
+    assert any(
+        path.startswith(f"/{proxied_settings.processed_bucket}/hostile-prefix/v") for path in paths
+    )
+    assert_inside(paths, proxied_settings, "hostile-prefix")
 
 
 def task_bodies(task_name: str):
@@ -186,12 +235,12 @@ def task_bodies(task_name: str):
 @given(body=st.sampled_from(sorted(TASKS)).flatmap(task_bodies))
 def test_any_task_body_is_validated_or_rejected_naming_the_field(body):
     try:
-        _, validated = find_task(body)
+        _, validated_body = validated(TASKS, body)
     except InvalidRequest as error:
         assert re.match(r"invalid request: body\.\w+", error.message), error.message
         assert len(error.message) < 4000
         return
-    for value in validated.model_dump().values():
+    for value in validated_body.model_dump().values():
         assert not (isinstance(value, float) and value != value)  # no NaN gets through
         assert not isinstance(value, float) or abs(value) < 1e6
 
@@ -231,12 +280,12 @@ def test_any_task_body_is_validated_or_rejected_naming_the_field(body):
 )  # fmt: skip
 def test_request_size_limits_and_paths_are_enforced(body, field):
     with pytest.raises(InvalidRequest, match=re.escape(field)):
-        find_task(body)
+        validated(TASKS, body)
 
 
 def test_unknown_task_name_is_cut_in_the_message():
     with pytest.raises(UnknownTask) as raised:
-        find_task({"name": "x" * 100_000})
+        validated(TASKS, {"name": "x" * 100_000})
     assert len(raised.value.message) < 1000
 
 
@@ -293,13 +342,13 @@ def test_hostile_requests_through_the_queue(session_worker, session_settings):
     invalid = [
         (make_request({"name": "ListGenes"}, experiment_id="a/../b"), "experimentId"),
         (make_request({"name": "ListGenes"}, experiment_id="e1\n"), "experimentId"),
-        (make_request({"name": "ListGenes", "limit": HUGE}), "body.limit"),
-        (make_request({"name": "ListGenes", "limit": "5"}), "body.limit"),
-        (make_request({"name": "GeneExpression", "genes": ["G"] * 5000}), "body.genes"),
-        (make_request({"name": "MarkerHeatmap", "maxCells": -1}), "body.maxCells"),
-        (make_request({"name": "ListGenes", "x": "[" * 200 + "]" * 200}), "body.x"),
-        (make_request({"name": {"nested": ["name"]}}), "body.name"),
-        (make_request({"name": "ListGenes"}, timeout="not a time"), "timeout"),
+        (make_request({"name": "ListGenes", "limit": HUGE}, "e1"), "body.limit"),
+        (make_request({"name": "ListGenes", "limit": "5"}, "e1"), "body.limit"),
+        (make_request({"name": "GeneExpression", "genes": ["G"] * 5000}, "e1"), "body.genes"),
+        (make_request({"name": "MarkerHeatmap", "maxCells": -1}, "e1"), "body.maxCells"),
+        (make_request({"name": "ListGenes", "x": "[" * 200 + "]" * 200}, "e1"), "body.x"),
+        (make_request({"name": {"nested": ["name"]}}, "e1"), "body.name"),
+        (make_request({"name": "ListGenes"}, "e1", timeout="not a time"), "timeout"),
     ]
     filters = ["%.%", "G1_.A", "g1%", "%\\%", "(G1)", "G1.*", "%[AB]", "%A"]
     answered = [
@@ -308,14 +357,8 @@ def test_hostile_requests_through_the_queue(session_worker, session_settings):
         for pattern in filters
     ]  # fmt: skip
     failing = make_request({"name": "ListGenes"}, experiment_id=broken)
-    poison = [
-        "not json",
-        dumps({"socketId": "s", "body": {}}).decode(),
-        dumps(envelope(uuid=str(uuid.uuid4()), socketId="x" * 200_000)).decode(),
-        dumps(envelope(uuid=str(uuid.uuid4()), body={"x": [[]]}))
-        .decode()
-        .replace("[[]]", "[" * 300 + "]" * 300),
-    ]
+    poison = ["not json", dumps({"socketId": "s", "body": {}}).decode()]
+    too_large = make_request({"name": "GeneExpression", "genes": ["G" * 100] * 3000}, "e1")
     for request, _ in invalid:
         # JSON has integers beyond 64 bits; the encoder does not: written as text.
         session_worker.send(dumps(request).decode().replace(str(HUGE), "1" + "0" * 30))
@@ -323,6 +366,7 @@ def test_hostile_requests_through_the_queue(session_worker, session_settings):
         session_worker.send(request)
     for text in poison:
         session_worker.send(text)
+    session_worker.send(too_large)
 
     for request, field in invalid:
         response = session_worker.response(request["uuid"], timeout_s=60)
@@ -337,4 +381,8 @@ def test_hostile_requests_through_the_queue(session_worker, session_settings):
         assert body == {"rows": [], "total": expected}, pattern
     error = result_body(session_worker.response(failing["uuid"], timeout_s=60), session_settings)
     assert error["error"]["code"] == "TaskFailed" and "traceback" not in error["error"]
+    response = session_worker.response(too_large["uuid"], timeout_s=60)
+    assert response["request"] == {**too_large, "body": {"name": "GeneExpression"}}
+    error = result_body(response, session_settings)["error"]
+    assert error["code"] == "InvalidRequest" and "limited to 262144 bytes" in error["message"]
     assert set(poison) <= dead_letters(session_worker, set(poison))

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    SHARED_DATA,
     SOURCE_BUCKET,
+    TENX_DATA,
     RunningWorker,
     make_request,
-    read_published,
     upload_folder,
 )
 from worker.jsonio import dumps
@@ -51,10 +50,10 @@ def answer_all(running: RunningWorker, requests: list[dict], timeout_s: float) -
     deadline = time.monotonic() + timeout_s
     while not wanted <= set(answered):
         assert time.monotonic() < deadline, f"{len(wanted - set(answered))} unanswered"
-        for response in read_published(running.sqs, running.results_url, wait_s=1):
+        for response in running.api.published(wait_s=1):
             assert response["response"]["error"] is False, response
             answered[response["request"]["uuid"]] += 1
-    for response in read_published(running.sqs, running.results_url, wait_s=2):
+    for response in running.api.published(wait_s=2):
         answered[response["request"]["uuid"]] += 1
     return answered
 
@@ -62,7 +61,7 @@ def answer_all(running: RunningWorker, requests: list[dict], timeout_s: float) -
 @pytest.mark.timeout(800)
 def test_hundreds_of_light_requests(settings, dask_client):
     running = RunningWorker(settings, dask_client)
-    upload_folder(settings, SHARED_DATA / "v3_mtx_gz", SOURCE_BUCKET, "load/v3")
+    upload_folder(settings, TENX_DATA / "v3_mtx_gz", SOURCE_BUCKET, "load/v3")
     prepare = {
         "name": "PrepareExperiment",
         "sourceBucket": SOURCE_BUCKET,

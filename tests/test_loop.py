@@ -1,21 +1,25 @@
 """The queue loop through real SQS/SNS/S3 (moto server) and a real LocalCluster."""
 
+import logging
 import time
+import uuid
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from distributed import Event
 
-from tests.conftest import make_request, read_published, result_body
+from tests.conftest import RunningWorker, make_request, result_body
+from tests.gate import TASKS_WITH_GATE
 from worker.jsonio import dumps, loads
-from worker.loop import answer_on_dask_worker
-from worker.messages import OFFLOAD_BYTES
-from worker.store.experiment import new_version_name, publish_version, zarr_store
-from worker.tasks import run_task
+from worker.store.locations import new_version_name, publish_version, zarr_store
+from worker.tasks import TASKS
 from worker.tasks.base import TaskContext
+from worker.tasks.dispatch import TaskResult, run_task, validated
 from worker.transport.aws import aws_client
+from worker.transport.seed import OFFLOAD_BYTES, SeedProtocol, StoredWhenLarge
 
 
 def write_gene_table_store(settings, experiment_id: str, n_genes: int = 300) -> pd.DataFrame:
@@ -92,7 +96,7 @@ def test_expired_request_is_deleted_unanswered(running_worker, settings):
     running_worker.send(fresh)
     assert running_worker.response(fresh["uuid"])["response"]["error"] is False
     wait_until_queue_empty(running_worker)
-    with pytest.raises(AssertionError, match="no response"):
+    with pytest.raises(TimeoutError, match="no response"):
         running_worker.response(expired["uuid"], timeout_s=2)
 
 
@@ -173,22 +177,26 @@ def test_a_large_body_is_stored_by_the_dask_worker_and_a_small_one_travels(dask_
     context = TaskContext.for_experiment(settings, "bigresult-dask")
     s3 = aws_client("s3", settings.aws)
 
-    def answer(body: dict, results_bucket: str):
+    def run(body: dict, results_bucket: str) -> TaskResult:
+        task, validated_body = validated(TASKS, body)
+        delivery = StoredWhenLarge(settings.aws, results_bucket, "req-1")
         return dask_client.submit(
-            answer_on_dask_worker, body, context, False, "req-1", results_bucket, pure=False
+            run_task, task, validated_body, context, delivery, False, pure=False
         ).result()
 
-    code, path, size = answer({"name": "ListGenes"}, settings.results_bucket)
-    bucket, key = path.split("/", 1)
-    assert code is None and bucket == settings.results_bucket and key.startswith("req-1/")
-    stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    assert size == len(stored) >= OFFLOAD_BYTES
-    assert loads(stored) == loads(run_task({"name": "ListGenes"}, context, False)[1])
+    stored = run({"name": "ListGenes"}, settings.results_bucket)
+    bucket, key = stored.stored_at.split("/", 1)
+    assert stored.code is None and stored.body is None
+    assert bucket == settings.results_bucket and key.startswith("req-1/")
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert stored.size == len(body) >= OFFLOAD_BYTES
+    assert loads(body)["total"] == 20000 == len(loads(body)["rows"])
     # Small: the body itself. Unstorable (no such bucket): the body, for the queue worker.
-    code, body, size = answer({"name": "ListGenes", "limit": 2}, settings.results_bucket)
-    assert code is None and len(loads(body)["rows"]) == 2 and size == len(body)
-    code, body, size = answer({"name": "ListGenes"}, "no-such-results-bucket")
-    assert code is None and isinstance(body, bytes) and loads(body)["total"] == 20000
+    small = run({"name": "ListGenes", "limit": 2}, settings.results_bucket)
+    assert small.stored_at is None and len(loads(small.body)["rows"]) == 2
+    assert small.size == len(small.body)
+    unstored = run({"name": "ListGenes"}, "no-such-results-bucket")
+    assert unstored.stored_at is None and loads(unstored.body) == loads(body)
 
 
 def test_several_requests_in_flight_complete_independently(running_worker, settings):
@@ -208,67 +216,62 @@ def test_several_requests_in_flight_complete_independently(running_worker, setti
 
 def test_sigterm_style_stop_releases_unfinished_message(settings, dask_client):
     """A request still computing when the grace period ends is made visible again at once."""
-    from tests.conftest import RunningWorker
-
-    slow_settings = settings.__class__(**{**settings.__dict__, "shutdown_grace_s": 0.5})
-    running = RunningWorker(slow_settings, dask_client)
-    sqs = aws_client("sqs", settings.aws)
-    lock = dask_client.submit(lambda: None)  # warm the cluster
-    lock.result()
-    request = make_request({"name": "ListGenes"}, experiment_id="neverprepared-slow")
-    # Block the Dask workers so the request cannot finish before the stop.
-    from distributed import Event
-
-    gate = Event("gate-" + request["uuid"])
-    blockers = [dask_client.submit(_wait_for_gate, gate.name, pure=False) for _ in range(4)]
-    running.send(request)
-    deadline = time.monotonic() + 20
-    while True:
-        attributes = sqs.get_queue_attributes(
-            QueueUrl=running.queue.url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
-        )["Attributes"]
-        if attributes["ApproximateNumberOfMessagesNotVisible"] == "1":
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    running.stop()
-    reply = sqs.receive_message(QueueUrl=running.queue.url, WaitTimeSeconds=2)
-    gate.set()
-    for blocker in blockers:
-        blocker.result()
-    assert [message["Body"] for message in reply.get("Messages", [])] == [dumps(request).decode()]
-    assert read_published(sqs, running.results_url, wait_s=1) == []
-
-
-def _wait_for_gate(name: str) -> None:
-    from distributed import Event
-
-    Event(name).wait(timeout=60)
-
-
-def test_visibility_is_extended_while_a_task_runs(settings, dask_client):
-    """A request computing for several visibility timeouts is received once, answered once."""
-    from distributed import Event
-
-    from tests.conftest import RunningWorker
-
-    short = settings.__class__(**{**settings.__dict__, "visibility_timeout_s": 2})
-    write_gene_table_store(settings, "slowvisibility")
-    running = RunningWorker(short, dask_client)
-    gate = Event(f"gate-visibility-{short.queue}")
-    blockers = [dask_client.submit(_wait_for_gate, gate.name, pure=False) for _ in range(4)]
+    quick = settings.model_copy(update={"shutdown_grace_s": 0.5})
+    running = RunningWorker(quick, dask_client, [SeedProtocol(quick, TASKS_WITH_GATE)])
+    request = make_request({"name": "Gate", "event": f"gate-{uuid.uuid4()}"}, "gated")
+    gate = Event(request["body"]["event"], client=dask_client)
     try:
-        request = make_request({"name": "ListGenes", "limit": 1}, experiment_id="slowvisibility")
         running.send(request)
-        # Hold the Dask workers for three visibility timeouts.
-        time.sleep(6)
-        gate.set()
-        assert running.response(request["uuid"])["response"]["error"] is False
-        with pytest.raises(AssertionError, match="no response"):
-            running.response(request["uuid"], timeout_s=3)
-        wait_until_queue_empty(running)
+        wait_for_queue(running, visible="0", in_flight="1")
+        running.stop()
+        reply = running.sqs.receive_message(QueueUrl=running.queue.url, WaitTimeSeconds=2)
+        assert [message["Body"] for message in reply.get("Messages", [])] == [
+            dumps(request).decode()
+        ]
+        assert running.api.published(wait_s=1) == []
     finally:
         gate.set()
-        for blocker in blockers:
-            blocker.result()
+
+
+def wait_for_queue(running, *, visible: str, in_flight: str, timeout_s: float = 30) -> None:
+    """Until the queue holds `visible` messages and `in_flight` invisible ones."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        attributes = running.sqs.get_queue_attributes(
+            QueueUrl=running.queue.url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if (
+            attributes["ApproximateNumberOfMessages"] == visible
+            and attributes["ApproximateNumberOfMessagesNotVisible"] == in_flight
+        ):
+            return
+        assert time.monotonic() < deadline, attributes
+        time.sleep(0.1)
+
+
+def test_visibility_is_extended_while_a_task_runs(settings, dask_client, caplog):
+    """A request computing for several visibility timeouts is received once, answered once."""
+    short = settings.model_copy(update={"visibility_timeout_s": 3})
+    running = RunningWorker(short, dask_client, [SeedProtocol(short, TASKS_WITH_GATE)])
+    request = make_request({"name": "Gate", "event": f"gate-{uuid.uuid4()}"}, "gated")
+    gate = Event(request["body"]["event"], client=dask_client)
+    try:
+        with caplog.at_level(logging.INFO, logger="worker.service.loop"):
+            running.send(request)
+            wait_for_queue(running, visible="0", in_flight="1")
+            # Three visibility timeouts pass with the request held: it must stay invisible.
+            held_until = time.monotonic() + 3 * short.visibility_timeout_s
+            while time.monotonic() < held_until:
+                wait_for_queue(running, visible="0", in_flight="1", timeout_s=1)
+            gate.set()
+            response = running.response(request["uuid"])
+            wait_for_queue(running, visible="0", in_flight="0")
+        assert running.api.result(response) == {"opened": request["body"]["event"]}
+        outcomes = [
+            record.getMessage() for record in caplog.records if '"outcome"' in record.getMessage()
+        ]
+        assert len(outcomes) == 1 and '"receiveCount":1' in outcomes[0]
+    finally:
+        gate.set()
         running.stop()

@@ -5,11 +5,11 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import embedded_default_environment, make_request, read_published
+from tests.conftest import embedded_default_environment, make_request
 from worker.jsonio import dumps
-from worker.sample import SAMPLE_EXPERIMENT
+from worker.local.client import ApiClient
+from worker.local.sample import SAMPLE_EXPERIMENT
 from worker.settings import load_settings
-from worker.transport.aws import aws_client
 
 
 def test_worker_runs_on_embedded_defaults_answers_submit_and_stops_on_sigterm(tmp_path):
@@ -46,12 +46,11 @@ def test_worker_runs_on_embedded_defaults_answers_submit_and_stops_on_sigterm(tm
         )
         assert submitted.returncode == 0, submitted.stderr
         settings = load_settings(environment)
-        sqs = aws_client("sqs", settings.aws)
-        results_url = sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
+        api = ApiClient(settings)
         responses = []
         while not responses:
             assert time.monotonic() < deadline, log_path.read_text()
-            responses = read_published(sqs, results_url)
+            responses = api.published()
         [response] = responses
         assert response["request"] == request
         assert (

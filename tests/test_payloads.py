@@ -4,22 +4,24 @@ from pathlib import Path
 
 import pytest
 
-from worker.messages import parse_request
-from worker.tasks import find_task
+from worker.settings import load_settings
+from worker.tasks import TASKS
+from worker.tasks.dispatch import validated
+from worker.transport.protocol import parse_message
+from worker.transport.seed import SeedProtocol
 
 PAYLOADS = sorted((Path(__file__).resolve().parents[1] / "conf" / "payloads").glob("*.json"))
+SEED = SeedProtocol(load_settings({"CLUSTER_ENV": "test"}))
 
 
 def test_there_is_a_payload_for_every_task():
-    from worker.tasks import TASKS
-
-    names = {parse_request(path.read_text()).raw["body"]["name"] for path in PAYLOADS}
+    names = {parse_message(path.read_text(), [SEED])[1].task_name for path in PAYLOADS}
     assert names == set(TASKS)
 
 
 @pytest.mark.parametrize("path", PAYLOADS, ids=lambda path: path.stem)
 def test_payload_is_a_valid_request(path):
-    request = parse_request(path.read_text())
+    _, request = parse_message(path.read_text(), [SEED])
     assert request.invalid is None
-    task, body = find_task(request.envelope.body)
+    task, body = validated(TASKS, request.body)
     assert body.name == task.name

@@ -5,36 +5,31 @@ import sys
 import time
 from pathlib import Path
 
-from worker.cluster import ClusterMismatch, load_conf
-from worker.jsonio import dumps, loads
+from worker.errors import ClusterMismatch
+from worker.jsonio import dumps
+from worker.service.cluster import load_conf
 from worker.settings import Settings, load_settings
-from worker.transport.aws import aws_client
 
 
 def submit(settings: Settings, request_file: Path) -> int:
     """Send a request file to the work queue, as the README's aws CLI command does."""
-    body = request_file.read_text()
-    sqs = aws_client("sqs", settings.aws)
-    queue_url = sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"]
-    reply = sqs.send_message(
-        QueueUrl=queue_url, MessageBody=body, MessageGroupId=f"submit-{time.time_ns()}"
-    )
-    print(f"sent {request_file} as message {reply['MessageId']}")
+    from worker.local.client import ApiClient
+
+    message_id = ApiClient(settings).send(request_file.read_text())
+    print(f"sent {request_file} as message {message_id}")
     return 0
 
 
 def results(settings: Settings, count: int | None, timeout_s: float | None) -> int:
     """Print responses as they arrive on the results queue (subscribed to the topic)."""
-    sqs = aws_client("sqs", settings.aws)
-    queue_url = sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
+    from worker.local.client import ApiClient
+
+    client = ApiClient(settings)
     deadline = time.monotonic() + timeout_s if timeout_s else None
     printed = 0
     while (count is None or printed < count) and (deadline is None or time.monotonic() < deadline):
-        reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=5)
-        for message in reply.get("Messages", []):
-            response = loads(loads(message["Body"])["Message"])
+        for response in client.published(wait_s=5):
             print(dumps(response).decode(), flush=True)
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
             printed += 1
     return 0
 
@@ -59,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "results":
         return results(settings, args.count, args.timeout)
     if args.command == "demo":
-        from worker.demo import run_demo
+        from worker.local.demo import run_demo
 
         return run_demo(settings, args.out)
-    from worker.app import serve
+    from worker.service.app import serve
 
     try:
         return serve(settings)

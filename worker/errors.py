@@ -1,4 +1,9 @@
-"""The worker's error tree: each class carries one error code of the contract."""
+"""The worker's one error tree.
+
+`WorkerError` and its subclasses are answered to the client, each with one error code of the
+contract. The others are the worker's own conditions: a message nobody can be answered for, a
+Dask cluster that does not match, an AWS call that failed after its retries.
+"""
 
 
 class WorkerError(Exception):
@@ -39,15 +44,23 @@ class TaskFailed(WorkerError):
     code = "TaskFailed"
 
 
-ERRORS_BY_CODE = {
-    error.code: error
-    for error in (
-        InvalidRequest,
-        UnknownTask,
-        ExperimentNotFound,
-        CellSetNotFound,
-        SourceNotFound,
-        UnsupportedFormat,
-        TaskFailed,
-    )
-}
+class PoisonMessage(Exception):
+    """A message that cannot be answered (not JSON, nobody to answer to): it goes to the
+    dead-letter queue."""
+
+
+class ClusterMismatch(RuntimeError):
+    """The Dask cluster runs another build of the worker or other package versions."""
+
+
+class TransportError(RuntimeError):
+    """An AWS (or Redis) call failed after its retries; `service` and `operation` say which."""
+
+    def __init__(self, service: str, operation: str, reason: str):
+        super().__init__(f"{service} {operation} failed: {reason}")
+        self.service = service
+        self.operation = operation
+
+
+class ConcurrentUpdate(RuntimeError):
+    """A conditional write lost to another writer more times than it retries."""

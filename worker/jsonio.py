@@ -29,8 +29,3 @@ def encoded(value: Any) -> orjson.Fragment:
 
 def loads(text: bytes | str) -> Any:
     return orjson.loads(text)
-
-
-def float32_list(values: np.ndarray) -> np.ndarray:
-    """`values` as a C-contiguous float32 array, so its JSON is float32-precise."""
-    return np.ascontiguousarray(values, dtype=np.float32)

@@ -1,12 +1,14 @@
-"""Typed settings built once from the environment; nothing else reads `os.environ`."""
+"""Typed settings, built once from the environment by pydantic-settings: a bad value is an error
+naming its variable. Only this module and the Dask worker preload read the environment."""
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ClusterEnv = Literal["development", "test", "staging", "production"]
-CLUSTER_ENVS = ("development", "test", "staging", "production")
 DEFAULT_ENDPOINT = "http://localhost:4566"
 
 
@@ -38,29 +40,87 @@ class AwsSettings:
         return options
 
 
-@dataclass(frozen=True)
-class Settings:
-    cluster_env: ClusterEnv = "development"
-    aws: AwsSettings = field(default_factory=AwsSettings)
-    queue: str = "development-queue.fifo"
-    dead_letter_queue: str = "development-queue-dlq.fifo"
-    results_queue: str = "development-results"
-    results_topic: str = "work-results-development"
-    results_bucket: str = "worker-results-development"
-    processed_bucket: str = "processed-matrix-development"
-    cell_sets_bucket: str = "cell-sets-development"
-    source_buckets: tuple[str, ...] = ("biomage-source-originals", "biomage-source-development")
-    store_root: str = "s3://processed-matrix-development"
-    dask_scheduler_address: str | None = None
-    max_in_flight: int = 4
-    poll_wait_s: int = 20
-    visibility_timeout_s: int = 60
-    shutdown_grace_s: float = 25.0
-    health_port: int | None = None
-    conf_dir: str = "conf"
-    start_emulator: bool = True
-    seed_sample: bool = True
+def _variable(name: str, default=None, **constraints):
+    """A field read from the environment variable `name`."""
+    return Field(default, validation_alias=AliasChoices(name), **constraints)
+
+
+class Settings(BaseSettings):
+    """Every setting of the worker; names that depend on `CLUSTER_ENV` are filled in from it."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True)
+
+    cluster_env: ClusterEnv = _variable("CLUSTER_ENV", "development")
+    aws_region: str = _variable("AWS_DEFAULT_REGION", "eu-west-1", min_length=1)
+    aws_endpoint_url: str | None = _variable("AWS_ENDPOINT_URL")
+    # Read only to know whether credentials were given; boto reads them itself.
+    aws_access_key_id: SecretStr | None = _variable("AWS_ACCESS_KEY_ID")
+    queue: str = _variable("WORKER_QUEUE", "")
+    dead_letter_queue: str = _variable("WORKER_DEAD_LETTER_QUEUE", "")
+    results_queue: str = _variable("WORKER_RESULTS_QUEUE", "")
+    results_topic: str = _variable("WORKER_RESULTS_TOPIC", "")
+    results_bucket: str = _variable("WORKER_RESULTS_BUCKET", "")
+    processed_bucket: str = _variable("WORKER_PROCESSED_BUCKET", "")
+    cell_sets_bucket: str = _variable("WORKER_CELL_SETS_BUCKET", "")
+    source_buckets: Annotated[tuple[str, ...], NoDecode] = _variable("WORKER_SOURCE_BUCKETS", ())
+    store_root: str = _variable("WORKER_STORE_ROOT", "")
+    dask_scheduler_address: str | None = _variable("DASK_SCHEDULER_ADDRESS")
+    max_in_flight: int = _variable("WORKER_MAX_IN_FLIGHT", 4, ge=1, le=64)
+    poll_wait_s: int = _variable("WORKER_POLL_WAIT", 20, ge=0, le=20)
+    visibility_timeout_s: int = _variable("WORKER_VISIBILITY_TIMEOUT", 60, ge=1, le=43_200)
+    shutdown_grace_s: float = _variable("WORKER_SHUTDOWN_GRACE", 25.0, ge=0)
+    health_port: int | None = _variable("WORKER_HEALTH_PORT", None, ge=0, le=65_535)
+    conf_dir: str = _variable("WORKER_CONF_DIR", "conf")
+    start_emulator: bool = _variable("WORKER_START_EMULATOR", True)
+    seed_sample: bool = _variable("WORKER_SEED_SAMPLE", True)
     max_receive_count: int = 3
+
+    @field_validator("source_buckets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            return tuple(bucket.strip() for bucket in value.split(",") if bucket.strip())
+        return value
+
+    @field_validator("aws_endpoint_url", "dask_scheduler_address", "health_port", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _defaults_of_the_environment(self) -> "Settings":
+        env = self.cluster_env
+        deployed = env in ("staging", "production")
+        defaults = {
+            "aws_endpoint_url": None if deployed else DEFAULT_ENDPOINT,
+            "queue": f"{env}-queue.fifo",
+            "dead_letter_queue": f"{env}-queue-dlq.fifo",
+            "results_queue": f"{env}-results",
+            "results_topic": f"work-results-{env}",
+            "results_bucket": f"worker-results-{env}",
+            "processed_bucket": f"processed-matrix-{env}",
+            "cell_sets_bucket": f"cell-sets-{env}",
+            "source_buckets": ("biomage-source-originals", "biomage-source-development")
+            if env == "development"
+            else (f"biomage-source-{env}",),
+        }
+        for name, default in defaults.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, default)
+        if not self.store_root:
+            object.__setattr__(self, "store_root", f"s3://{self.processed_bucket}")
+        if deployed:
+            object.__setattr__(self, "start_emulator", False)
+            object.__setattr__(self, "seed_sample", False)
+        return self
+
+    @property
+    def aws(self) -> AwsSettings:
+        return AwsSettings(
+            region=self.aws_region,
+            endpoint_url=self.aws_endpoint_url,
+            emulator_credentials=not self.is_deployed and self.aws_access_key_id is None,
+        )
 
     @property
     def is_deployed(self) -> bool:
@@ -71,58 +131,9 @@ class Settings:
         return self.cluster_env == "development"
 
 
-def _flag(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected a boolean, got {value!r}")
-
-
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings from an environment mapping (default: the process environment)."""
-    env = os.environ if environ is None else environ
-    cluster_env = env.get("CLUSTER_ENV", "development")
-    if cluster_env not in CLUSTER_ENVS:
-        raise ValueError(
-            f"CLUSTER_ENV must be one of {', '.join(CLUSTER_ENVS)}, not {cluster_env!r}"
-        )
-    deployed = cluster_env in ("staging", "production")
-    endpoint_url = env.get("AWS_ENDPOINT_URL") or (None if deployed else DEFAULT_ENDPOINT)
-    processed_bucket = env.get("WORKER_PROCESSED_BUCKET", f"processed-matrix-{cluster_env}")
-    default_sources = (
-        "biomage-source-originals,biomage-source-development"
-        if cluster_env == "development"
-        else f"biomage-source-{cluster_env}"
-    )
-    health_port = env.get("WORKER_HEALTH_PORT")
-    return Settings(
-        cluster_env=cluster_env,
-        aws=AwsSettings(
-            emulator_credentials=not deployed and "AWS_ACCESS_KEY_ID" not in env,
-            region=env.get("AWS_DEFAULT_REGION", "eu-west-1"),
-            endpoint_url=endpoint_url,
-        ),
-        queue=env.get("WORKER_QUEUE", f"{cluster_env}-queue.fifo"),
-        dead_letter_queue=env.get("WORKER_DEAD_LETTER_QUEUE", f"{cluster_env}-queue-dlq.fifo"),
-        results_queue=env.get("WORKER_RESULTS_QUEUE", f"{cluster_env}-results"),
-        results_topic=env.get("WORKER_RESULTS_TOPIC", f"work-results-{cluster_env}"),
-        results_bucket=env.get("WORKER_RESULTS_BUCKET", f"worker-results-{cluster_env}"),
-        processed_bucket=processed_bucket,
-        cell_sets_bucket=env.get("WORKER_CELL_SETS_BUCKET", f"cell-sets-{cluster_env}"),
-        source_buckets=tuple(
-            bucket.strip()
-            for bucket in env.get("WORKER_SOURCE_BUCKETS", default_sources).split(",")
-            if bucket.strip()
-        ),
-        store_root=env.get("WORKER_STORE_ROOT", f"s3://{processed_bucket}"),
-        dask_scheduler_address=env.get("DASK_SCHEDULER_ADDRESS") or None,
-        max_in_flight=int(env.get("WORKER_MAX_IN_FLIGHT", "4")),
-        poll_wait_s=int(env.get("WORKER_POLL_WAIT", "20")),
-        visibility_timeout_s=int(env.get("WORKER_VISIBILITY_TIMEOUT", "60")),
-        shutdown_grace_s=float(env.get("WORKER_SHUTDOWN_GRACE", "25")),
-        health_port=int(health_port) if health_port else None,
-        conf_dir=env.get("WORKER_CONF_DIR", "conf"),
-        start_emulator=not deployed and _flag(env.get("WORKER_START_EMULATOR", "true")),
-        seed_sample=not deployed and _flag(env.get("WORKER_SEED_SAMPLE", "true")),
-    )
+    """The settings of the process environment, or of `environ` alone when given (tests)."""
+    if environ is None:
+        return Settings()
+    # model_validate reads only the mapping given, never the process environment.
+    return Settings.model_validate(dict(environ))

@@ -10,13 +10,18 @@ from distributed import Client, LocalCluster, worker_client
 
 from worker.datasets.synthetic import SyntheticDataset, as_source_sample
 from worker.settings import AwsSettings
-from worker.store.build import BuildOptions, build_store
+from worker.store.build import BuildOptions, BuildPlan, build_store
 
 SMALL_BLOCKS = BuildOptions(rows_per_block=97, pass_block_entries=5_000, shard_elements=4096)
 
 
 def build(client, url, dataset, options):
-    return build_store(url, [as_source_sample(dataset)], AwsSettings(), client, options, {})
+    return build_store(
+        plan=BuildPlan(url=url, aws=AwsSettings(), options=options),
+        samples=[as_source_sample(dataset)],
+        client=client,
+        provenance={},
+    )
 
 
 def test_small_blocks_and_shards_give_the_same_store(tmp_path, dask_client):

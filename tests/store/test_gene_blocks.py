@@ -9,8 +9,9 @@ from scipy import sparse
 
 from tests.conftest import SYNTHETIC_EXPERIMENT
 from worker.settings import AwsSettings
-from worker.store.experiment import open_experiment, zarr_store
+from worker.store.experiment import open_experiment
 from worker.store.gene_blocks import major_ranges, map_gene_blocks
+from worker.store.locations import zarr_store
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -38,7 +39,7 @@ def column_sums_by_block(
     store_root: str, experiment_id: str, aws: AwsSettings, entries_per_block: int
 ) -> list[np.ndarray]:
     store = open_experiment(store_root, experiment_id, aws)
-    return map_gene_blocks(store, aws, column_sums, 2.0, entries_per_block=entries_per_block)
+    return map_gene_blocks(store, column_sums, 2.0, entries_per_block=entries_per_block)
 
 
 def test_blocks_come_back_in_gene_order(dask_client, session_settings, prepared_synthetic):

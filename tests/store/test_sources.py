@@ -16,7 +16,7 @@ from worker.errors import SourceNotFound, UnsupportedFormat
 from worker.settings import AwsSettings
 from worker.store.sources import SourceSample, hdf5, mtx, open_source
 
-TENX = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "10x"
+TENX = Path(__file__).resolve().parents[1] / "data" / "10x"
 LOCAL = fsspec.filesystem("file")
 
 

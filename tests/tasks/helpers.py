@@ -4,8 +4,8 @@ import anndata as ad
 import scanpy as sc
 
 from worker.settings import Settings
-from worker.store.cell_sets import read_cell_sets, replace_hierarchy, write_cell_sets
-from worker.store.experiment import zarr_store
+from worker.store.cell_sets import CellSets, CellSetsLocation, update_cell_sets
+from worker.store.locations import zarr_store
 
 
 def scanpy_log_normalised(store_url: str, settings: Settings) -> ad.AnnData:
@@ -16,11 +16,21 @@ def scanpy_log_normalised(store_url: str, settings: Settings) -> ad.AnnData:
     return adata
 
 
+def cell_sets_location(settings: Settings, experiment_id: str) -> CellSetsLocation:
+    return CellSetsLocation(settings.cell_sets_bucket, experiment_id, settings.aws)
+
+
+def read_hierarchies(settings: Settings, experiment_id: str) -> list[dict]:
+    """The experiment's stored cell set hierarchies."""
+    return CellSets.read(cell_sets_location(settings, experiment_id)).hierarchies
+
+
 def store_hierarchy(settings: Settings, experiment_id: str, hierarchy: dict) -> None:
     """Add `hierarchy` to the experiment's cell sets, or replace the one of the same key."""
-    bucket, aws = settings.cell_sets_bucket, settings.aws
-    hierarchies = read_cell_sets(bucket, experiment_id, aws)
-    write_cell_sets(bucket, experiment_id, aws, replace_hierarchy(hierarchies, hierarchy))
+    update_cell_sets(
+        cell_sets_location(settings, experiment_id),
+        lambda current: current.with_hierarchy(hierarchy),
+    )
 
 
 def cell_set(key: str, cell_ids) -> dict:

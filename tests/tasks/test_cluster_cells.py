@@ -8,9 +8,9 @@ import scanpy as sc
 from sklearn.metrics import adjusted_rand_score
 
 from tests.conftest import SYNTHETIC_EXPERIMENT, result_body
+from tests.tasks.helpers import read_hierarchies
 from worker.compute.graph import igraph_random_state
-from worker.store.cell_sets import read_cell_sets
-from worker.store.experiment import zarr_store
+from worker.store.locations import zarr_store
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def error_of(response: dict, settings) -> dict:
 
 
 def stored_hierarchies(settings, experiment_id: str = SYNTHETIC_EXPERIMENT) -> dict[str, dict]:
-    hierarchies = read_cell_sets(settings.cell_sets_bucket, experiment_id, settings.aws)
+    hierarchies = read_hierarchies(settings, experiment_id)
     return {hierarchy["key"]: hierarchy for hierarchy in hierarchies}
 
 

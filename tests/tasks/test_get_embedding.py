@@ -9,7 +9,7 @@ import zarr
 from openTSNE import TSNE
 
 from tests.conftest import make_request, result_body
-from worker.store.experiment import zarr_store
+from worker.store.locations import zarr_store
 
 EXPERIMENT = "shared-v3-h5"
 

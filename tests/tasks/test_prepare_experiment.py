@@ -5,19 +5,19 @@ import numpy as np
 import pytest
 import scanpy as sc
 
-from tests.conftest import SHARED_DATA, SOURCE_BUCKET, result_body, upload_folder
-from worker.store.cell_sets import read_cell_sets
-from worker.store.experiment import filesystem, list_versions, read_manifest, zarr_store
+from tests.conftest import SOURCE_BUCKET, TENX_DATA, result_body, upload_folder
+from tests.tasks.helpers import read_hierarchies
+from worker.store.locations import filesystem, list_versions, read_manifest, zarr_store
 
 
 def scanpy_reference(name: str) -> ad.AnnData:
     if name == "v2_mtx":
-        return sc.read_10x_mtx(SHARED_DATA / "v2_mtx", var_names="gene_ids")
+        return sc.read_10x_mtx(TENX_DATA / "v2_mtx", var_names="gene_ids")
     if name == "v3_mtx_gz":
-        return sc.read_10x_mtx(SHARED_DATA / "v3_mtx_gz", var_names="gene_ids")
+        return sc.read_10x_mtx(TENX_DATA / "v3_mtx_gz", var_names="gene_ids")
     if name == "v2_h5":
-        return sc.read_10x_h5(SHARED_DATA / "v2_filtered_gene_bc_matrices.h5")
-    return sc.read_10x_h5(SHARED_DATA / "v3_filtered_feature_bc_matrix.h5")
+        return sc.read_10x_h5(TENX_DATA / "v2_filtered_gene_bc_matrices.h5")
+    return sc.read_10x_h5(TENX_DATA / "v3_filtered_feature_bc_matrix.h5")
 
 
 @pytest.mark.parametrize("name", ["v2_mtx", "v3_mtx_gz", "v2_h5", "v3_h5"])
@@ -153,7 +153,7 @@ def test_preparing_twice_gives_equal_stores_and_cell_sets(session_worker, sessio
                                    "v3_filtered_feature_bc_matrix.h5")  # fmt: skip
         assert response["response"]["error"] is False, result
         stores.append(ad.read_zarr(zarr_store(result["store"], settings.aws, read_only=True)))
-        cell_sets.append(read_cell_sets(settings.cell_sets_bucket, "twice", settings.aws))
+        cell_sets.append(read_hierarchies(settings, "twice"))
     first, second = stores
     assert first.obs.equals(second.obs) and first.var.equals(second.var)
     assert (first.X != second.X).nnz == 0
@@ -165,9 +165,9 @@ def test_preparing_twice_gives_equal_stores_and_cell_sets(session_worker, sessio
 
 def test_sample_folders_make_one_experiment(session_worker, session_settings):
     settings = session_settings
-    upload_folder(settings, SHARED_DATA / "v3_mtx_gz", SOURCE_BUCKET, "two/b_mtx")
+    upload_folder(settings, TENX_DATA / "v3_mtx_gz", SOURCE_BUCKET, "two/b_mtx")
     upload_folder(
-        settings, SHARED_DATA / "v3_filtered_feature_bc_matrix.h5", SOURCE_BUCKET, "two/a_h5"
+        settings, TENX_DATA / "v3_filtered_feature_bc_matrix.h5", SOURCE_BUCKET, "two/a_h5"
     )
     response, result = prepare(session_worker, settings, "two-samples", "two")
     assert response["response"]["error"] is False, result
@@ -181,8 +181,7 @@ def test_sample_folders_make_one_experiment(session_worker, session_settings):
     assert list(store.obs["sample"][[0, n]]) == ["a_h5", "b_mtx"]
     reference.X.sort_indices()
     assert (store.X[n:] != reference.X).nnz == 0
-    hierarchies = {h["key"]: h for h in read_cell_sets(settings.cell_sets_bucket, "two-samples",
-                                                        settings.aws)}  # fmt: skip
+    hierarchies = {h["key"]: h for h in read_hierarchies(settings, "two-samples")}  # fmt: skip
     samples = hierarchies["sample"]["children"]
     assert [child["name"] for child in samples] == ["a_h5", "b_mtx"]
     assert samples[1]["cellIds"] == list(range(n, 2 * n))

@@ -8,13 +8,13 @@ import scanpy as sc
 import zarr
 
 from tests.conftest import (
-    SHARED_DATA,
     SOURCE_BUCKET,
     SYNTHETIC_EXPERIMENT,
+    TENX_DATA,
     result_body,
     upload_folder,
 )
-from worker.store.experiment import zarr_store
+from worker.store.locations import zarr_store
 
 TWO_SAMPLES = "test-qc-two-samples"
 
@@ -49,9 +49,7 @@ def test_mitochondrial_content_equals_the_plain_formula(
 def two_samples(session_settings, session_worker) -> dict:
     """The real v3 matrix twice, as the samples `first` and `second` of one experiment."""
     for sample in ("first", "second"):
-        upload_folder(
-            session_settings, SHARED_DATA / "v3_mtx_gz", SOURCE_BUCKET, f"qc/two/{sample}"
-        )
+        upload_folder(session_settings, TENX_DATA / "v3_mtx_gz", SOURCE_BUCKET, f"qc/two/{sample}")
     response = session_worker.ask(
         {"name": "PrepareExperiment", "sourceBucket": SOURCE_BUCKET, "sourceMatrixPath": "qc/two"},
         TWO_SAMPLES,

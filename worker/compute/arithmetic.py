@@ -8,6 +8,8 @@ evaluated in float32 in scanpy's order of operations (`normalize_total(target_su
 import numpy as np
 
 TARGET_SUM = 1e4
+# scanpy's `pp.scale(max_value=10)`, as the stored PCA uses it.
+SCALE_MAX_VALUE = 10
 
 
 def log_normalise(counts: np.ndarray, total_counts: np.ndarray) -> np.ndarray:
@@ -34,3 +36,18 @@ def mean_variance(sums: np.ndarray, sums_sq: np.ndarray, n_cells: int) -> tuple:
     if n_cells != 1:
         variance *= n_cells / (n_cells - 1)
     return mean, variance
+
+
+def scale_parameters(sums: np.ndarray, sums_sq: np.ndarray, n_cells: int) -> tuple:
+    """Mean and standard deviation of `pp.scale`: unbiased variance, a zero deviation taken
+    as 1."""
+    mean, variance = mean_variance(sums, sums_sq, n_cells)
+    std = np.sqrt(variance)
+    std[std == 0] = 1
+    return mean, std
+
+
+def scale(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """`pp.scale(max_value=10)` of float64 `values` with the given (broadcast) parameters."""
+    scaled = (values - mean) / std
+    return np.clip(scaled, -SCALE_MAX_VALUE, SCALE_MAX_VALUE, out=scaled)

@@ -16,6 +16,9 @@ from anndata import AnnData
 from scipy import sparse
 
 ClusterMethod = Literal["louvain", "leiden"]
+# Fewer cells get no neighbour graph: their clustering is one cluster of all cells, and UMAP,
+# t-SNE and Scrublet (30 principal components) need at least this many.
+MIN_CELLS_FOR_GRAPH = 30
 
 
 def neighbour_graph(

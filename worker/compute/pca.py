@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from worker.compute.arithmetic import entry_rows, log_normalise, mean_variance
+from worker.compute import arithmetic
+from worker.compute.arithmetic import entry_rows, log_normalise
 from worker.compute.qc import GeneMoments
 
-MAX_VALUE = 10
 MAX_COMPONENTS = 50
 
 
@@ -57,12 +57,10 @@ def n_components(n_cells: int, n_hvg: int) -> int:
 
 
 def scale_parameters(moments: GeneMoments, n_cells: int, hvg_index: np.ndarray) -> ScaleParameters:
-    """Mean and standard deviation (ddof 1; 0 becomes 1) of the log values, as `pp.scale`."""
-    mean, variance = mean_variance(
+    """Mean and standard deviation of the highly variable genes' log values, as `pp.scale`."""
+    mean, std = arithmetic.scale_parameters(
         moments.log_sum[hvg_index], moments.log_sum_sq[hvg_index], n_cells
     )
-    std = np.sqrt(variance)
-    std[std == 0] = 1
     return ScaleParameters(mean=mean, std=std)
 
 
@@ -82,8 +80,7 @@ def scaled_block(
         ),
         shape=hvg_counts.shape,
     )
-    scaled = (log_values.toarray().astype(np.float64) - scale.mean) / scale.std
-    return np.clip(scaled, -MAX_VALUE, MAX_VALUE, out=scaled)
+    return arithmetic.scale(log_values.toarray().astype(np.float64), scale.mean, scale.std)
 
 
 def principal_components(covariance_sum: CovarianceSum, n_comps: int) -> PrincipalComponents:

@@ -1,43 +1,145 @@
-"""Cell sets: the JSON hierarchies stored per experiment in the cell sets bucket."""
+"""Cell sets: the JSON hierarchies stored per experiment in the cell sets bucket, read with their
+ETag and written only over the version read (S3 conditional writes), so that two writers never
+lose each other's update."""
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.errors import CellSetNotFound
+from worker.errors import CellSetNotFound, ConcurrentUpdate
 from worker.jsonio import dumps, loads
 from worker.settings import AwsSettings
-from worker.store.experiment import filesystem
+from worker.transport.aws import error_code, shared_client, transport_error
+
+log = logging.getLogger(__name__)
+
+# S3 answers a write whose condition no longer holds with 412, or 409 when another conditional
+# write to the key is in progress.
+LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict"}
+WRITE_ATTEMPTS = 8
 
 
-def _path(bucket: str, experiment_id: str, aws: AwsSettings):
-    return filesystem(f"s3://{bucket}/{experiment_id}", aws)
+@dataclass(frozen=True)
+class CellSetsLocation:
+    bucket: str
+    experiment_id: str
+    aws: AwsSettings
 
 
-def read_cell_sets(bucket: str, experiment_id: str, aws: AwsSettings) -> list[dict[str, Any]]:
-    """The experiment's hierarchies, read afresh (the API may rewrite them at any time)."""
-    fs, path = _path(bucket, experiment_id, aws)
-    try:
-        return loads(fs.cat_file(path))["cellSets"]
-    except FileNotFoundError:
-        return []
+class CellSets:
+    """An experiment's cell set hierarchies as read, with the ETag of what was read."""
+
+    def __init__(self, hierarchies: list[dict[str, Any]], etag: str | None = None):
+        self.hierarchies = hierarchies
+        self.etag = etag
+
+    @classmethod
+    def read(cls, location: CellSetsLocation) -> "CellSets":
+        s3 = shared_client("s3", location.aws)
+        try:
+            reply = s3.get_object(Bucket=location.bucket, Key=location.experiment_id)
+            encoded = reply["Body"].read()
+        except ClientError as error:
+            if error_code(error) == "NoSuchKey":
+                return cls([], None)
+            raise transport_error("s3", "GetObject", error) from error
+        except BotoCoreError as error:
+            raise transport_error("s3", "GetObject", error) from error
+        return cls(loads(encoded)["cellSets"], reply["ETag"])
+
+    def node(self, key: str) -> dict[str, Any]:
+        """The node `key` at any depth; raises CellSetNotFound."""
+        node = _find(self.hierarchies, key)
+        if node is None:
+            raise CellSetNotFound(f"cell set {key!r} does not exist")
+        return node
+
+    def hierarchy(self, key: str) -> dict[str, Any]:
+        """The root hierarchy `key`; raises CellSetNotFound."""
+        root = next((root for root in self.hierarchies if root.get("key") == key), None)
+        if root is None:
+            raise CellSetNotFound(f"cell set hierarchy {key!r} does not exist")
+        return root
+
+    def parent(self, key: str) -> dict[str, Any]:
+        """The root hierarchy that holds the node `key`."""
+        for root in self.hierarchies:
+            if _find([root], key) is not None:
+                return root
+        raise CellSetNotFound(f"cell set {key!r} does not exist")
+
+    def siblings(self, key: str) -> list[dict[str, Any]]:
+        """The other children of the node that holds `key`; a root hierarchy has none."""
+        self.node(key)
+        parent = _parent_of(self.hierarchies, key)
+        children = [] if parent is None else parent.get("children") or []
+        return [node for node in children if node.get("key") != key]
+
+    def ids(self, key: str, n_cells: int) -> np.ndarray:
+        """Sorted unique cell ids of the node `key` (a parent: its children's union)."""
+        ids = np.unique(np.asarray(_cell_ids(self.node(key)), dtype=np.int64))
+        return ids[(ids >= 0) & (ids < n_cells)]
+
+    def mask(self, key: str, n_cells: int) -> np.ndarray:
+        in_set = np.zeros(n_cells, dtype=bool)
+        in_set[self.ids(key, n_cells)] = True
+        return in_set
+
+    def siblings_mask(self, key: str, n_cells: int) -> np.ndarray:
+        """The cells of the sets beside `key` in its hierarchy."""
+        in_siblings = np.zeros(n_cells, dtype=bool)
+        for sibling in self.siblings(key):
+            ids = np.asarray(_cell_ids(sibling), dtype=np.int64)
+            in_siblings[ids[(ids >= 0) & (ids < n_cells)]] = True
+        return in_siblings
+
+    def keys(self) -> set[str]:
+        """The keys of every node."""
+        return _keys(self.hierarchies)
+
+    def with_hierarchy(self, hierarchy: dict[str, Any]) -> list[dict[str, Any]]:
+        """The hierarchies with the one of the same key replaced by `hierarchy`, or it added."""
+        replaced = [
+            hierarchy if node["key"] == hierarchy["key"] else node for node in self.hierarchies
+        ]
+        if all(node["key"] != hierarchy["key"] for node in self.hierarchies):
+            replaced.append(hierarchy)
+        return replaced
 
 
-def write_cell_sets(
-    bucket: str, experiment_id: str, aws: AwsSettings, hierarchies: list[dict[str, Any]]
-) -> None:
-    fs, path = _path(bucket, experiment_id, aws)
-    fs.pipe_file(path, dumps({"cellSets": hierarchies}))
-
-
-def replace_hierarchy(
-    hierarchies: list[dict[str, Any]], hierarchy: dict[str, Any]
+def update_cell_sets(
+    location: CellSetsLocation, change: Callable[[CellSets], list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    """`hierarchies` with the one of the same key replaced by `hierarchy`, or it appended."""
-    replaced = [hierarchy if node["key"] == hierarchy["key"] else node for node in hierarchies]
-    if all(node["key"] != hierarchy["key"] for node in hierarchies):
-        replaced.append(hierarchy)
-    return replaced
+    """Write `change(current)` over the current cell sets, only if nobody wrote them since they
+    were read; on a lost race, read again and apply `change` again. Returns what was written."""
+    s3 = shared_client("s3", location.aws)
+    for _attempt in range(WRITE_ATTEMPTS):
+        current = CellSets.read(location)
+        hierarchies = change(current)
+        condition = {"IfMatch": current.etag} if current.etag else {"IfNoneMatch": "*"}
+        try:
+            s3.put_object(
+                Bucket=location.bucket,
+                Key=location.experiment_id,
+                Body=dumps({"cellSets": hierarchies}),
+                ContentType="application/json",
+                **condition,
+            )
+            return hierarchies
+        except BotoCoreError as error:
+            raise transport_error("s3", "PutObject", error) from error
+        except ClientError as error:
+            if error_code(error) not in LOST_RACE:
+                raise transport_error("s3", "PutObject", error) from error
+            log.info("cell sets of %s changed while updating them; again", location.experiment_id)
+    raise ConcurrentUpdate(
+        f"the cell sets of {location.experiment_id} kept changing; gave up after "
+        f"{WRITE_ATTEMPTS} attempts"
+    )
 
 
 def _find(nodes: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
@@ -50,6 +152,17 @@ def _find(nodes: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     return None
 
 
+def _parent_of(nodes: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    for node in nodes:
+        children = node.get("children") or []
+        if any(child.get("key") == key for child in children):
+            return node
+        found = _parent_of(children, key)
+        if found is not None:
+            return found
+    return None
+
+
 def _cell_ids(node: dict[str, Any]) -> list[int]:
     ids = list(node.get("cellIds") or [])
     for child in node.get("children") or []:
@@ -57,21 +170,12 @@ def _cell_ids(node: dict[str, Any]) -> list[int]:
     return ids
 
 
-def cell_set_ids(hierarchies: list[dict[str, Any]], key: str, n_cells: int) -> np.ndarray:
-    """Sorted unique cell ids of the node `key` at any depth (a parent: its children's union)."""
-    node = _find(hierarchies, key)
-    if node is None:
-        raise CellSetNotFound(f"cell set {key!r} does not exist")
-    ids = np.unique(np.asarray(_cell_ids(node), dtype=np.int64))
-    return ids[(ids >= 0) & (ids < n_cells)]
-
-
-def parent_hierarchy(hierarchies: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The root hierarchy that holds the node `key`."""
-    for root in hierarchies:
-        if _find([root], key) is not None:
-            return root
-    raise CellSetNotFound(f"cell set {key!r} does not exist")
+def _keys(nodes: list[dict[str, Any]]) -> set[str]:
+    keys = set()
+    for node in nodes:
+        keys.add(node["key"])
+        keys |= _keys(node.get("children") or [])
+    return keys
 
 
 def cluster_hierarchy(

@@ -1,113 +1,46 @@
-"""The experiment store: where versions live, the manifest that makes one current, and
-opening the current version (cached per process, so a Dask worker reopens nothing)."""
+"""The typed read API of an experiment store version, and its per-process cache, so a Dask
+worker reopens nothing between queries."""
 
-import asyncio
-import contextlib
 import logging
-import secrets
 import threading
 import time
-import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 
-import anndata as ad
-import fsspec
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import zarr
 from anndata.io import read_elem
-from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore
+from scipy import sparse
+from zarr.errors import ContainsArrayError, NodeNotFoundError
 
+from worker.compute.arithmetic import log_normalise
 from worker.errors import ExperimentNotFound
-from worker.jsonio import dumps, loads
 from worker.settings import AwsSettings
+from worker.store.locations import experiment_url, read_manifest, zarr_store
+from worker.store.sparse import CompressedMatrix
+from worker.store.writer import COMPRESSOR, element_attributes
 
 log = logging.getLogger(__name__)
 
-# The store is zarr format 3 with sharded arrays; anndata still writes format 2 unless told.
-ad.settings.zarr_write_format = 3
-ad.settings.auto_shard_zarr_v3 = True
-# Consolidated metadata is what lets a store open in one read; zarr warns it is not in the spec.
-warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-
-STORE_FORMAT = 1
-MANIFEST = "manifest.json"
 # A manifest read is cached this long, so an interactive query costs no extra round trip;
 # a re-prepared experiment is seen by every Dask worker within this many seconds.
 MANIFEST_TTL_S = 2.0
 OPEN_STORES_PER_PROCESS = 16
+COMPLETED = "completed_at"
 
 
-def filesystem(url: str, aws: AwsSettings) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and path of a `s3://...` URL or a local path."""
-    options = aws.storage_options() if url.startswith("s3://") else {}
-    return fsspec.url_to_fs(url, **options)
+@dataclass(frozen=True)
+class StoreParameters:
+    """The parameters the store was built with (`uns/worker/parameters`)."""
 
-
-def zarr_store(url: str, aws: AwsSettings, *, read_only: bool):
-    if url.startswith("s3://"):
-        return FsspecStore.from_url(url, storage_options=aws.storage_options(), read_only=read_only)
-    return LocalStore(url.removeprefix("file://"), read_only=read_only)
-
-
-def experiment_url(store_root: str, experiment_id: str) -> str:
-    return f"{store_root.rstrip('/')}/{experiment_id}"
-
-
-def new_version_name() -> str:
-    """A version name that sorts by creation time."""
-    return f"v{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}"
-
-
-def read_manifest(store_root: str, experiment_id: str, aws: AwsSettings) -> dict | None:
-    fs, path = filesystem(f"{experiment_url(store_root, experiment_id)}/{MANIFEST}", aws)
-    # s3fs sizes a file from its cached listing: one made before the manifest existed hides it.
-    fs.invalidate_cache(path)
-    try:
-        return loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return None
-
-
-def publish_version(
-    store_root: str, experiment_id: str, version: str, aws: AwsSettings, provenance: dict
-) -> str:
-    """Make `version` current by writing the manifest; returns the version's URL.
-
-    Versions older than the one it replaces are deleted: the one replaced stays for readers
-    that opened it moments ago.
-    """
-    base = experiment_url(store_root, experiment_id)
-    fs, base_path = filesystem(base, aws)
-    previous = read_manifest(store_root, experiment_id, aws)
-    manifest = {"format": STORE_FORMAT, "version": version, **provenance}
-    fs.pipe_file(f"{base_path}/{MANIFEST}", dumps(manifest))
-    keep = {version, previous["version"] if previous else None}
-    for stale in list_versions(store_root, experiment_id, aws):
-        if stale not in keep:
-            delete_version(store_root, experiment_id, stale, aws)
-    _forget_manifest(store_root, experiment_id)
-    return f"{base}/{version}"
-
-
-def list_versions(store_root: str, experiment_id: str, aws: AwsSettings) -> list[str]:
-    fs, base_path = filesystem(experiment_url(store_root, experiment_id), aws)
-    try:
-        entries = fs.ls(base_path, detail=False, refresh=True)
-    except FileNotFoundError:
-        return []
-    names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
-    return sorted(name for name in names if name.startswith("v"))
-
-
-def delete_version(store_root: str, experiment_id: str, version: str, aws: AwsSettings) -> None:
-    fs, path = filesystem(f"{experiment_url(store_root, experiment_id)}/{version}", aws)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm(path, recursive=True)
+    n_top_genes: int
+    n_comps: int
+    n_neighbors: int
+    louvain_resolution: float
+    random_state: int
 
 
 class ExperimentStore:
@@ -117,6 +50,7 @@ class ExperimentStore:
         self.experiment_id = experiment_id
         self.version = version
         self.url = url
+        self.aws = aws
         self.group = zarr.open_group(zarr_store(url, aws, read_only=True), mode="r")
 
     @cached_property
@@ -127,60 +61,121 @@ class ExperimentStore:
     def obs(self) -> pd.DataFrame:
         return read_elem(self.group["obs"])
 
+    @cached_property
+    def shape(self) -> tuple[int, int]:
+        n_cells, n_genes = self.group["X"].attrs["shape"]
+        return int(n_cells), int(n_genes)
+
     @property
     def n_cells(self) -> int:
-        return len(self.obs)
+        return self.shape[0]
 
     @property
     def n_genes(self) -> int:
-        return len(self.var)
+        return self.shape[1]
 
     @cached_property
     def total_counts(self) -> np.ndarray:
-        return self.obs["total_counts"].to_numpy(dtype=np.float64)
+        return np.asarray(self.group["obs/total_counts"][...], dtype=np.float64)
 
     @cached_property
-    def _counts_by_gene_arrays(self) -> tuple[np.ndarray, zarr.Array, zarr.Array]:
-        """The CSC copy's indptr (read) and its data and indices arrays (opened)."""
-        matrix = self.group["layers/counts_by_gene"]
-        return matrix["indptr"][:], matrix["data"], matrix["indices"]
+    def sample_codes(self) -> np.ndarray:
+        return read_elem(self.group["obs/sample"]).codes
 
-    def counts_by_gene(self, gene_indices: np.ndarray) -> sp.csc_matrix:
-        """Raw counts of all cells for the given genes (cells x len(gene_indices))."""
-        indptr, data_array, indices_array = self._counts_by_gene_arrays
-        starts, stops = indptr[gene_indices], indptr[np.asarray(gene_indices) + 1]
-        slices = [slice(int(start), int(stop)) for start, stop in zip(starts, stops, strict=True)]
-        values = read_slices([(data_array, part) for part in slices] + [
-            (indices_array, part) for part in slices
-        ])  # fmt: skip
-        data, indices = values[: len(slices)], values[len(slices) :]
-        return sp.csc_matrix(
-            (
-                np.concatenate(data) if data else np.zeros(0, np.float32),
-                np.concatenate(indices) if indices else np.zeros(0, np.int32),
-                np.concatenate([[0], np.cumsum(stops - starts)]),
-            ),
-            shape=(self.n_cells, len(gene_indices)),
+    def obs_column(self, name: str) -> np.ndarray:
+        """One column of obs, read alone (not the whole table, barcodes included)."""
+        return self.group[f"obs/{name}"][...]
+
+    @cached_property
+    def parameters(self) -> StoreParameters:
+        stored = read_elem(self.group["uns/worker/parameters"])
+        return StoreParameters(
+            n_top_genes=int(stored["n_top_genes"]),
+            n_comps=int(stored["n_comps"]),
+            n_neighbors=int(stored["n_neighbors"]),
+            louvain_resolution=float(stored["louvain_resolution"]),
+            random_state=int(stored["random_state"]),
         )
 
+    def x_pca(self) -> np.ndarray:
+        return self.group["obsm/X_pca"][...]
 
-def read_slices(reads: list[tuple[zarr.Array, slice]]) -> list[np.ndarray]:
-    """Each (array, slice) read, all at once: on S3 the round trips overlap."""
+    def pca_coordinates(self) -> np.ndarray:
+        """The first two principal components of each cell (the second 0 where there is one)."""
+        x_pca = self.group["obsm/X_pca"]
+        first_two = x_pca[:, :2]
+        coordinates = np.zeros((x_pca.shape[0], 2), dtype=np.float32)
+        coordinates[:, : first_two.shape[1]] = first_two
+        return coordinates
 
-    async def read_all():
-        return await asyncio.gather(*(array._async_array.getitem(part) for array, part in reads))
+    def connectivities(self) -> sparse.csr_matrix:
+        return read_elem(self.group["obsp/connectivities"])
 
-    return sync(read_all())
+    @cached_property
+    def _cells(self) -> CompressedMatrix:
+        return CompressedMatrix(self.group["X"])
+
+    @cached_property
+    def _genes(self) -> CompressedMatrix:
+        return CompressedMatrix(self.group["layers/counts_by_gene"])
+
+    def rows(self, start: int, stop: int) -> sparse.csr_array:
+        """Raw counts of cells `start:stop` (cells x genes)."""
+        return self._cells.major_range(start, stop)
+
+    def gene_range(self, start: int, stop: int) -> sparse.csc_array:
+        """Raw counts of genes `start:stop` in all cells (cells x genes)."""
+        return self._genes.major_range(start, stop)
+
+    def counts_by_gene(self, gene_indices: np.ndarray) -> sparse.csc_array:
+        """Raw counts of the given genes in all cells (cells x genes), in their order."""
+        return self._genes.majors(gene_indices)
+
+    def log_normalised(self, gene_indices: np.ndarray) -> sparse.csc_array:
+        """Log-normalised float32 values of the given genes in all cells (cells x genes)."""
+        counts = self.counts_by_gene(gene_indices)
+        values = log_normalise(counts.data, self.total_counts[counts.indices])
+        return sparse.csc_array((values, counts.indices, counts.indptr), shape=counts.shape)
+
+    def cached(self, path: str) -> np.ndarray | None:
+        """The values of the result cached at `path` (an embedding, the doublet scores) if it is
+        complete, else None.
+
+        A cached result is one zarr array in a single chunk, so on S3 its values are one object:
+        a reader sees one whole write or none. Its `completed_at` attribute is written last.
+        Cached results are missing from the root's consolidated metadata, so they are opened by
+        path, never through the root group.
+        """
+        try:
+            array = zarr.open_array(self.group.store, path=path, mode="r")
+        except NodeNotFoundError:
+            return None
+        return array[...] if COMPLETED in array.attrs else None
+
+    def write_cached(self, path: str, values: np.ndarray) -> None:
+        """Store `values` at `path` in this version, then mark them complete. Writers never
+        delete, so concurrent identical requests at worst both write a whole array."""
+        writable = zarr_store(self.url, self.aws, read_only=False)
+        try:
+            array = zarr.create_array(
+                writable,
+                name=path,
+                shape=values.shape,
+                dtype=values.dtype,
+                chunks=values.shape,
+                compressors=COMPRESSOR,
+                attributes=element_attributes("array"),
+            )
+        except ContainsArrayError:
+            # Another request is writing it, or one failed midway: same shape, so write over it.
+            array = zarr.open_array(writable, path=path, mode="r+")
+        array[...] = values
+        array.update_attributes({COMPLETED: datetime.now(UTC).isoformat()})
 
 
 _manifests: dict[tuple[str, str], tuple[float, dict | None]] = {}
 _stores: OrderedDict[str, ExperimentStore] = OrderedDict()
 _cache_lock = threading.Lock()
-
-
-def _forget_manifest(store_root: str, experiment_id: str) -> None:
-    with _cache_lock:
-        _manifests.pop((store_root, experiment_id), None)
 
 
 def open_experiment(store_root: str, experiment_id: str, aws: AwsSettings) -> ExperimentStore:
@@ -197,14 +192,25 @@ def open_experiment(store_root: str, experiment_id: str, aws: AwsSettings) -> Ex
     if manifest is None:
         raise ExperimentNotFound(f"experiment {experiment_id} has not been prepared")
     url = f"{experiment_url(store_root, experiment_id)}/{manifest['version']}"
+    return open_version(experiment_id, manifest["version"], url, aws)
+
+
+def open_version(experiment_id: str, version: str, url: str, aws: AwsSettings) -> ExperimentStore:
+    """A given version, opened once per process and kept (LRU)."""
     with _cache_lock:
         store = _stores.get(url)
         if store is not None:
             _stores.move_to_end(url)
             return store
-    store = ExperimentStore(experiment_id, manifest["version"], url, aws)
+    store = ExperimentStore(experiment_id, version, url, aws)
     with _cache_lock:
         _stores[url] = store
         while len(_stores) > OPEN_STORES_PER_PROCESS:
             _stores.popitem(last=False)
     return store
+
+
+def forget_manifest(store_root: str, experiment_id: str) -> None:
+    """Drop this process's cached manifest, after publishing a new version."""
+    with _cache_lock:
+        _manifests.pop((store_root, experiment_id), None)

@@ -1,8 +1,6 @@
 """Writing the store's large arrays: sparse matrices as contiguous 1-d zarr arrays cut in
 shards, each shard written whole by exactly one writer."""
 
-from dataclasses import dataclass
-
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
@@ -19,6 +17,20 @@ COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 SPARSE_DTYPES = {"data": np.float32, "indices": np.int32, "indptr": np.int64}
 
+# The versions of anndata's on-disk encodings this store writes.
+ENCODING_VERSIONS = {
+    "anndata": "0.1.0",
+    "dict": "0.1.0",
+    "array": "0.2.0",
+    "csr_matrix": "0.1.0",
+    "csc_matrix": "0.1.0",
+}
+
+
+def element_attributes(encoding: str) -> dict[str, str]:
+    """The attributes that make a zarr node an AnnData element of `encoding`."""
+    return {"encoding-type": encoding, "encoding-version": ENCODING_VERSIONS[encoding]}
+
 
 def create_sparse_group(
     parent: zarr.Group,
@@ -32,7 +44,7 @@ def create_sparse_group(
     """An empty anndata sparse matrix group (`csr_matrix` or `csc_matrix`) of `nnz` entries."""
     group = parent.create_group(
         name,
-        attributes={"encoding-type": encoding, "encoding-version": "0.1.0", "shape": list(shape)},
+        attributes={**element_attributes(encoding), "shape": list(shape)},
     )
     major = shape[0] if encoding == "csr_matrix" else shape[1]
     for array_name, length in (("data", nnz), ("indices", nnz), ("indptr", major + 1)):
@@ -101,47 +113,3 @@ class AppendingWriter:
             self._pending[index] = [joined[length:]]
         self._written += length
         self._pending_length -= length
-
-
-@dataclass(frozen=True)
-class OwnedRange:
-    """The elements one segment writes: whole shards starting inside it, with the values of
-    `segments` (it and its successors) from offset `segments_start`."""
-
-    start: int
-    stop: int
-    segments: range
-    segments_start: int
-
-
-def owned_ranges(offsets: np.ndarray, shard_elements: int) -> list[OwnedRange | None]:
-    """For segments `[offsets[k], offsets[k+1])` of one array written in parallel: what each
-    writes so that every shard is written by exactly one segment (None: it writes nothing).
-
-    A shard belongs to the segment holding its first element; the owner also needs the values
-    of the following segments that the shard reaches into.
-    """
-    total = int(offsets[-1])
-    owned: list[OwnedRange | None] = []
-    for index in range(len(offsets) - 1):
-        first, end = int(offsets[index]), int(offsets[index + 1])
-        start = -(-first // shard_elements) * shard_elements
-        if start >= end:
-            owned.append(None)
-            continue
-        last_shard_start = (end - 1) // shard_elements * shard_elements
-        stop = min(last_shard_start + shard_elements, total)
-        last_segment = int(np.searchsorted(offsets, stop, side="left")) - 1
-        owned.append(OwnedRange(start, stop, range(index, last_segment + 1), first))
-    return owned
-
-
-def write_owned(arrays: list[zarr.Array], owned: OwnedRange, *segment_values) -> None:
-    """Write `owned.start:owned.stop` of each array from the concatenated segments' values.
-
-    `segment_values` holds, for each segment of `owned.segments`, one value per array.
-    """
-    for position, array in enumerate(arrays):
-        joined = np.concatenate([values[position] for values in segment_values])
-        begin = owned.start - owned.segments_start
-        array[owned.start : owned.stop] = joined[begin : begin + owned.stop - owned.start]

@@ -7,11 +7,9 @@ from pydantic import Field
 
 from worker.compute.rank import Method, adjust_pvalues, rank_gene_block
 from worker.errors import InvalidRequest
-from worker.messages import TaskBody
-from worker.store.cell_sets import cell_set_ids, parent_hierarchy, read_cell_sets
-from worker.store.experiment import open_experiment
+from worker.store.cell_sets import CellSets
 from worker.store.gene_blocks import map_gene_blocks
-from worker.tasks.base import Task, TaskContext
+from worker.tasks.base import Task, TaskBody, TaskContext
 
 MAX_ROWS = 100_000
 
@@ -26,27 +24,24 @@ class DifferentialExpressionBody(TaskBody):
     method: Method = "wilcoxon"
 
 
-def cell_mask(hierarchies: list[dict], key: str, n_cells: int) -> np.ndarray:
-    in_set = np.zeros(n_cells, dtype=bool)
-    in_set[cell_set_ids(hierarchies, key, n_cells)] = True
-    return in_set
-
-
 def comparison_groups(
-    hierarchies: list[dict], body: DifferentialExpressionBody, n_cells: int
+    cell_sets: CellSets, body: DifferentialExpressionBody, n_cells: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the two groups' cells; raises CellSetNotFound, or InvalidRequest for an empty
-    group."""
-    group1 = cell_mask(hierarchies, body.cellSet, n_cells)
+    group.
+
+    `rest` is the union of the sets beside `cellSet` in its hierarchy, `background` every other
+    cell; cells in both groups are dropped from both, as the platform does.
+    """
+    group1 = cell_sets.mask(body.cellSet, n_cells)
     if body.compareWith == "background":
         group2 = ~group1
     elif body.compareWith == "rest":
-        root = parent_hierarchy(hierarchies, body.cellSet)
-        group2 = cell_mask(hierarchies, root["key"], n_cells) & ~group1
+        group2 = cell_sets.siblings_mask(body.cellSet, n_cells)
     else:
-        group2 = cell_mask(hierarchies, body.compareWith, n_cells)
+        group2 = cell_sets.mask(body.compareWith, n_cells)
     if body.basis is not None:
-        in_basis = cell_mask(hierarchies, body.basis, n_cells)
+        in_basis = cell_sets.mask(body.basis, n_cells)
         group1 &= in_basis
         group2 &= in_basis
     in_both = group1 & group2
@@ -71,11 +66,10 @@ def float32_precise(values: np.ndarray) -> list[float]:
 
 
 def differential_expression(context: TaskContext, body: DifferentialExpressionBody) -> dict:
-    store = open_experiment(context.store_root, context.experiment_id, context.aws)
-    hierarchies = read_cell_sets(context.cell_sets_bucket, context.experiment_id, context.aws)
-    in_group1, in_group2 = comparison_groups(hierarchies, body, store.n_cells)
+    store = context.store()
+    in_group1, in_group2 = comparison_groups(context.cell_sets(), body, store.n_cells)
     blocks = map_gene_blocks(
-        store, context.aws, rank_gene_block, store.total_counts, in_group1, in_group2, body.method
+        store, rank_gene_block, store.total_counts, in_group1, in_group2, body.method
     )
     statistics = {name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]}
     p_val_adj = adjust_pvalues(statistics["p_val"])

@@ -6,18 +6,16 @@ from typing import Literal
 
 import numpy as np
 from anndata import AnnData
-from anndata.io import read_elem
+from scipy import sparse
 
-from worker.messages import TaskBody
-from worker.store.build import BuildOptions, read_rows
-from worker.store.cached import read_cached, write_cached
-from worker.store.experiment import ExperimentStore, open_experiment
-from worker.tasks.base import Task, TaskContext
+from worker.compute.graph import MIN_CELLS_FOR_GRAPH
+from worker.store.experiment import ExperimentStore
+from worker.tasks.base import Task, TaskBody, TaskContext
 
 # Kept apart from the obs table (not in its column-order), so adding it never rewrites obs.
 DOUBLET_SCORES = "obs/doublet_score"
 # Scrublet projects on 30 principal components; smaller samples are left unscored.
-MIN_CELLS = BuildOptions.min_cells_for_graph
+MIN_CELLS = MIN_CELLS_FOR_GRAPH
 
 
 class GetDoubletScoreBody(TaskBody):
@@ -25,11 +23,11 @@ class GetDoubletScoreBody(TaskBody):
 
 
 def get_doublet_score(context: TaskContext, body: GetDoubletScoreBody) -> np.ndarray:
-    store = open_experiment(context.store_root, context.experiment_id, context.aws)
-    scores = read_cached(store, DOUBLET_SCORES)
+    store = context.store()
+    scores = store.cached(DOUBLET_SCORES)
     if scores is None:
         scores = doublet_scores(store)
-        write_cached(store, context.aws, DOUBLET_SCORES, scores)
+        store.write_cached(DOUBLET_SCORES, scores)
     return scores
 
 
@@ -42,15 +40,15 @@ def doublet_scores(store: ExperimentStore) -> np.ndarray:
     # Imported here, not at the top: the queue process imports every task module for its schema.
     import scanpy as sc
 
-    random_state = int(read_elem(store.group["uns/worker/parameters"])["random_state"])
-    sample_codes = read_elem(store.group["obs/sample"]).codes
+    random_state = store.parameters.random_state
+    sample_codes = store.sample_codes
     # Samples are stored one after the other, so each is one run of rows.
     bounds = [0, *(np.flatnonzero(np.diff(sample_codes)) + 1), len(sample_codes)]
     scores = np.full(len(sample_codes), np.nan, dtype=np.float32)
     for start, stop in itertools.pairwise(bounds):
         if stop - start < MIN_CELLS:
             continue
-        sample = AnnData(read_rows(store.group, start, stop))
+        sample = AnnData(sparse.csr_matrix(store.rows(start, stop)))
         sc.pp.scrublet(sample, random_state=random_state, verbose=False)
         scores[start:stop] = sample.obs["doublet_score"].to_numpy()
     return scores

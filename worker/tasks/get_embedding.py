@@ -4,20 +4,16 @@ computed once per config and cached in the store."""
 from typing import Any, Literal
 
 import numpy as np
-from anndata.io import read_elem
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from worker.compute.graph import embed_tsne, embed_umap, neighbour_graph
+from worker.compute.graph import MIN_CELLS_FOR_GRAPH, embed_tsne, embed_umap, neighbour_graph
 from worker.errors import InvalidRequest
-from worker.messages import TaskBody
-from worker.store.build import BuildOptions
-from worker.store.cached import read_cached, write_cached
-from worker.store.experiment import ExperimentStore, open_experiment
-from worker.tasks.base import Task, TaskContext
+from worker.store.experiment import ExperimentStore
+from worker.tasks.base import Task, TaskBody, TaskContext
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, frozen=True)
 
 
 class UmapConfig(_Config):
@@ -29,22 +25,22 @@ class UmapConfig(_Config):
         return f"X_umap__{self.distanceMetric}__min_dist_{self.minimumDistance!r}"
 
     def embed(self, store: ExperimentStore, x_pca: np.ndarray) -> np.ndarray:
-        parameters = read_elem(store.group["uns/worker/parameters"])
+        parameters = store.parameters
         if self.distanceMetric == "euclidean":
-            connectivities = read_elem(store.group["obsp/connectivities"])
+            connectivities = store.connectivities()
         else:
             connectivities, _ = neighbour_graph(
                 x_pca,
-                n_neighbors=int(parameters["n_neighbors"]),
+                n_neighbors=parameters.n_neighbors,
                 metric="cosine",
-                random_state=int(parameters["random_state"]),
+                random_state=parameters.random_state,
             )
         return embed_umap(
             connectivities,
             x_pca,
             min_dist=self.minimumDistance,
             metric=self.distanceMetric,
-            random_state=int(parameters["random_state"]),
+            random_state=parameters.random_state,
         )
 
 
@@ -56,12 +52,11 @@ class TsneConfig(_Config):
         return f"X_tsne__perplexity_{self.perplexity!r}__learning_rate_{self.learningRate!r}"
 
     def embed(self, store: ExperimentStore, x_pca: np.ndarray) -> np.ndarray:
-        parameters = read_elem(store.group["uns/worker/parameters"])
         return embed_tsne(
             x_pca,
             perplexity=self.perplexity,
             learning_rate=self.learningRate,
-            random_state=int(parameters["random_state"]),
+            random_state=store.parameters.random_state,
         )
 
 
@@ -82,32 +77,22 @@ class GetEmbeddingBody(TaskBody):
 
 
 def get_embedding(context: TaskContext, body: GetEmbeddingBody) -> np.ndarray:
-    store = open_experiment(context.store_root, context.experiment_id, context.aws)
+    store = context.store()
     if body.type == "pca":
-        return pca_coordinates(store)
+        return store.pca_coordinates()
     path = f"obsm/{body.config.element_name()}"
-    cached = read_cached(store, path)
+    cached = store.cached(path)
     if cached is not None:
         return cached
-    x_pca = store.group["obsm/X_pca"][...]
-    if len(x_pca) < BuildOptions.min_cells_for_graph:
+    x_pca = store.x_pca()
+    if len(x_pca) < MIN_CELLS_FOR_GRAPH:
         raise InvalidRequest(
             f"invalid request: body.type: {body.type} needs at least "
-            f"{BuildOptions.min_cells_for_graph} cells; this experiment has {len(x_pca)}"
+            f"{MIN_CELLS_FOR_GRAPH} cells; this experiment has {len(x_pca)}"
         )
     embedding = body.config.embed(store, x_pca)
-    write_cached(store, context.aws, path, embedding)
+    store.write_cached(path, embedding)
     return embedding
-
-
-def pca_coordinates(store: ExperimentStore) -> np.ndarray:
-    """The first two principal components of each cell."""
-    x_pca = store.group["obsm/X_pca"]
-    first_two = x_pca[:, :2]
-    # An experiment of two cells has a single component; its second coordinate is 0.
-    coordinates = np.zeros((x_pca.shape[0], 2), dtype=np.float32)
-    coordinates[:, : first_two.shape[1]] = first_two
-    return coordinates
 
 
 TASK = Task(name="GetEmbedding", body=GetEmbeddingBody, cacheable=True, compute=get_embedding)

@@ -4,9 +4,7 @@ from typing import Literal
 
 import numpy as np
 
-from worker.messages import TaskBody
-from worker.store.experiment import open_experiment
-from worker.tasks.base import Task, TaskContext
+from worker.tasks.base import Task, TaskBody, TaskContext
 
 
 class GetMitochondrialContentBody(TaskBody):
@@ -16,9 +14,7 @@ class GetMitochondrialContentBody(TaskBody):
 def get_mitochondrial_content(
     context: TaskContext, body: GetMitochondrialContentBody
 ) -> np.ndarray:
-    store = open_experiment(context.store_root, context.experiment_id, context.aws)
-    # One column read, not the whole obs table (barcodes included) that `store.obs` loads.
-    return np.asarray(store.group["obs/percent_mito"][...], dtype=np.float32)
+    return np.asarray(context.store().obs_column("percent_mito"), dtype=np.float32)
 
 
 TASK = Task(

@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from worker.messages import TaskBody
-from worker.store.experiment import ExperimentStore, open_experiment
-from worker.tasks.base import Task, TaskContext
+from worker.store.experiment import ExperimentStore
+from worker.tasks.base import Task, TaskBody, TaskContext
 
 GeneField = Literal[
     "gene_names", "gene_ids", "dispersions", "dispersions_norm", "means", "highly_variable",
@@ -86,7 +85,7 @@ def gene_table(store: ExperimentStore) -> GeneTable:
 
 
 def list_genes(context: TaskContext, body: ListGenesBody) -> dict:
-    table = gene_table(open_experiment(context.store_root, context.experiment_id, context.aws))
+    table = gene_table(context.store())
     order = table.order(body.orderBy, body.orderDirection.lower() == "asc")
     if body.geneNamesFilter is not None:
         order = order[table.matching(body.geneNamesFilter)[order]]

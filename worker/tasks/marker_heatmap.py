@@ -7,16 +7,11 @@ import numpy as np
 from pydantic import Field
 from scipy import sparse
 
-from worker.compute.graph import ClusterMethod
 from worker.compute.rank import rank_gene_block
-from worker.errors import CellSetNotFound
-from worker.messages import TaskBody
-from worker.store.cell_sets import read_cell_sets
-from worker.store.experiment import open_experiment
+from worker.compute.summary import summary
+from worker.store.cell_sets import CellSets
 from worker.store.gene_blocks import map_gene_blocks
-from worker.tasks.base import Task, TaskContext
-from worker.tasks.cluster_cells import ClusterConfig
-from worker.tasks.gene_expression import log_normalised_genes, summary
+from worker.tasks.base import ClusterConfig, ClusterMethod, Task, TaskBody, TaskContext
 
 NOT_IN_HIERARCHY = -1
 
@@ -32,11 +27,9 @@ class MarkerHeatmapBody(TaskBody):
     maxCells: int = Field(default=1000, ge=1, le=100_000)
 
 
-def child_labels(hierarchies: list[dict], key: str, n_cells: int) -> np.ndarray:
+def child_labels(cell_sets: CellSets, key: str, n_cells: int) -> np.ndarray:
     """Each cell's child of the hierarchy `key` (the first child holding it), or -1."""
-    root = next((node for node in hierarchies if node.get("key") == key), None)
-    if root is None:
-        raise CellSetNotFound(f"cell set hierarchy {key!r} does not exist")
+    root = cell_sets.hierarchy(key)
     labels = np.full(n_cells, NOT_IN_HIERARCHY, dtype=np.int64)
     for child, node in reversed(list(enumerate(root.get("children") or []))):
         cell_ids = np.asarray(node.get("cellIds") or [], dtype=np.int64)
@@ -82,9 +75,8 @@ def proportional_quotas(sizes: np.ndarray, total: int) -> np.ndarray:
 
 
 def marker_heatmap(context: TaskContext, body: MarkerHeatmapBody) -> dict:
-    store = open_experiment(context.store_root, context.experiment_id, context.aws)
-    hierarchies = read_cell_sets(context.cell_sets_bucket, context.experiment_id, context.aws)
-    labels = child_labels(hierarchies, body.cellSetKey, store.n_cells)
+    store = context.store()
+    labels = child_labels(context.cell_sets(), body.cellSetKey, store.n_cells)
     sizes = np.bincount(labels[labels != NOT_IN_HIERARCHY], minlength=labels.max() + 1)
     # A child with no cells, or with all of the hierarchy's cells, has no one-vs-rest ranking.
     ranked_children = [child for child, size in enumerate(sizes) if 0 < size < sizes.sum()]
@@ -92,9 +84,7 @@ def marker_heatmap(context: TaskContext, body: MarkerHeatmapBody) -> dict:
     marker_indices: dict[int, None] = {}
     if ranked_children:
         zscores = np.hstack(
-            map_gene_blocks(
-                store, context.aws, one_vs_rest_zscores, store.total_counts, labels, ranked_children
-            )
+            map_gene_blocks(store, one_vs_rest_zscores, store.total_counts, labels, ranked_children)
         )
         for child_zscores in zscores:
             top = np.argsort(-child_zscores, kind="stable")[: body.nGenes]
@@ -108,7 +98,7 @@ def marker_heatmap(context: TaskContext, body: MarkerHeatmapBody) -> dict:
         ]
         or [np.zeros(0, dtype=np.int64)]
     )
-    values = log_normalised_genes(store, gene_indices)[cell_order].toarray()
+    values = store.log_normalised(gene_indices)[cell_order].toarray()
     gene_names = store.var["gene_names"].to_numpy()[gene_indices].tolist()
     return {
         "order": gene_names,

@@ -1,5 +1,6 @@
 """PrepareExperiment: a source count matrix becomes the experiment store and its cell sets."""
 
+import logging
 import time
 from typing import Literal
 
@@ -7,23 +8,21 @@ from distributed import worker_client
 from pydantic import Field, field_validator
 
 from worker.errors import InvalidRequest
-from worker.messages import TaskBody
-from worker.store.build import PROGRESS_TOPIC, BuildOptions, build_store
-from worker.store.cell_sets import (
-    cluster_hierarchy,
-    read_cell_sets,
-    replace_hierarchy,
-    write_cell_sets,
-)
-from worker.store.experiment import (
+from worker.store.build import PROGRESS_TOPIC, BuildOptions, BuildPlan, build_store
+from worker.store.cell_sets import CellSets, cluster_hierarchy, update_cell_sets
+from worker.store.experiment import forget_manifest
+from worker.store.locations import (
     delete_version,
-    experiment_url,
     filesystem,
     new_version_name,
     publish_version,
+    sweep_abandoned_versions,
+    version_url,
 )
 from worker.store.sources import open_source
-from worker.tasks.base import Task, TaskContext
+from worker.tasks.base import Task, TaskBody, TaskContext
+
+log = logging.getLogger(__name__)
 
 
 class PrepareExperimentBody(TaskBody):
@@ -49,34 +48,34 @@ def prepare_experiment(
             f"invalid request: body.sourceBucket: {body.sourceBucket!r} is not an allowed "
             f"source bucket ({', '.join(context.source_buckets)})"
         )
+    options = options or BuildOptions()
     started = time.monotonic()
     fs, _ = filesystem(f"s3://{body.sourceBucket}", context.aws)
     source = f"{body.sourceBucket}/{body.sourceMatrixPath}"
     samples = open_source(fs, source, body.format)
+    root, experiment_id, aws = context.store_root, context.experiment_id, context.aws
+    for abandoned in sweep_abandoned_versions(root, experiment_id, aws, 4 * options.heartbeat_s):
+        log.info("deleted version %s of %s, left by a build that died", abandoned, experiment_id)
     version = new_version_name()
-    url = f"{experiment_url(context.store_root, context.experiment_id)}/{version}"
+    plan = BuildPlan(url=version_url(root, experiment_id, version), aws=aws, options=options)
     provenance = {"source": f"s3://{source}", "format": body.format}
     try:
         with worker_client() as client:
             summary = build_store(
-                url,
-                samples,
-                context.aws,
-                client,
-                options or BuildOptions(),
-                provenance,
+                plan=plan,
+                samples=samples,
+                client=client,
+                provenance=provenance,
                 report=lambda progress: client.log_event(
-                    PROGRESS_TOPIC, {"experimentId": context.experiment_id, **progress}
+                    PROGRESS_TOPIC, {"experimentId": experiment_id, **progress}
                 ),
             )
     except BaseException:
-        delete_version(context.store_root, context.experiment_id, version, context.aws)
+        delete_version(root, experiment_id, version, aws)
         raise
-    store = publish_version(
-        context.store_root, context.experiment_id, version, context.aws, provenance
-    )
-    hierarchies = read_cell_sets(context.cell_sets_bucket, context.experiment_id, context.aws)
-    for hierarchy in (
+    store = publish_version(root, experiment_id, version, aws, provenance)
+    forget_manifest(root, experiment_id)
+    hierarchies = [
         cluster_hierarchy("louvain", "Louvain clusters", summary.cluster_labels),
         cluster_hierarchy(
             "sample",
@@ -85,11 +84,16 @@ def prepare_experiment(
             child_keys=[f"sample-{name}" for name in summary.sample_names],
             child_names=summary.sample_names,
         ),
-    ):
-        hierarchies = replace_hierarchy(hierarchies, hierarchy)
-    write_cell_sets(context.cell_sets_bucket, context.experiment_id, context.aws, hierarchies)
+    ]
+
+    def replaced(current: CellSets) -> list[dict]:
+        for hierarchy in hierarchies:
+            current = CellSets(current.with_hierarchy(hierarchy))
+        return current.hierarchies
+
+    update_cell_sets(context.cell_sets_location, replaced)
     return {
-        "experimentId": context.experiment_id,
+        "experimentId": experiment_id,
         "cells": summary.n_cells,
         "genes": summary.n_genes,
         "nnz": summary.nnz,

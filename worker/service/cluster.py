@@ -8,6 +8,8 @@ import dask
 import yaml
 from distributed import Client, LocalCluster
 
+from worker.errors import ClusterMismatch
+
 log = logging.getLogger(__name__)
 
 # Packages whose versions must agree between the worker and the Dask workers: tasks are
@@ -61,10 +63,6 @@ def start_local_cluster(*, dashboard_address: str | None = None) -> LocalCluster
         dashboard_address=dashboard_address or option("dashboard-address", ":8787"),
         processes=True,
     )
-
-
-class ClusterMismatch(RuntimeError):
-    """The Dask cluster runs other package versions than this worker."""
 
 
 def connect(scheduler_address: str) -> Client:

@@ -1,13 +1,16 @@
-"""An HTTP proxy on loopback in front of the AWS emulator that fails chosen requests, to test
-how the worker rides out S3 and SNS faults."""
+"""An HTTP proxy on loopback in front of the AWS emulator: it records every request, can delay
+the requests of a service (S3 as a real region answers, 25 ms before the first byte), and can
+fail chosen ones. The benchmarks measure S3 latency through it; the tests inject faults and
+check which keys the worker touches."""
 
 import http.client
 import re
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 # SigV4 names the service: `Credential=KEY/DATE/REGION/SERVICE/aws4_request`.
 SERVICE = re.compile(rb"/(\w+)/aws4_request")
@@ -21,14 +24,32 @@ class Fault:
     matching: bytes | None  # only requests whose body holds these bytes
 
 
-class FaultProxy:
-    """Forwards everything to `upstream`, except the requests a fault is set for."""
+@dataclass(frozen=True)
+class Recorded:
+    service: str
+    method: str
+    path: str  # unquoted, without the query
+    query: str
 
-    def __init__(self, upstream: str):
+    @property
+    def key(self) -> str:
+        """The S3 object or prefix requested: the path, or the bucket and the `prefix` a
+        listing asks for."""
+        prefix = parse_qs(self.query).get("prefix")
+        return f"{self.path.rstrip('/')}/{prefix[0]}" if prefix else self.path
+
+
+class AwsProxy:
+    """Forwards everything to `upstream`, after `delay_s[service]`, except the requests a fault
+    is set for."""
+
+    def __init__(self, upstream: str, delay_s: Mapping[str, float] | None = None):
         self._upstream = urlsplit(upstream).netloc
         self._faults: dict[str, Fault] = {}
         self._lock = threading.Lock()
+        self.delay_s = dict(delay_s or {})
         self.failed: dict[str, int] = {}
+        self.recorded: list[Recorded] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_port}"
@@ -46,13 +67,24 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
 
+    def requests_of(self, service: str) -> list[Recorded]:
+        with self._lock:
+            return [request for request in self.recorded if request.service == service]
+
+    def forget(self) -> None:
+        """Forget the requests recorded so far."""
+        with self._lock:
+            self.recorded.clear()
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 
-    def _injected(self, service: str, body: bytes) -> int | None:
-        """The status to fail this request with, or None to forward it."""
+    def _arrived(self, service: str, method: str, path: str, body: bytes) -> int | None:
+        """Record a request; the status to fail it with, or None to forward it."""
         with self._lock:
+            parts = urlsplit(path)
+            self.recorded.append(Recorded(service, method, unquote(parts.path), parts.query))
             fault = self._faults.get(service)
             if fault is None or (fault.matching and fault.matching not in body):
                 return None
@@ -64,17 +96,21 @@ class FaultProxy:
             return fault.status
 
 
-def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
+def _handler_for(proxy: AwsProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def _forward(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             found = SERVICE.search(self.headers.get("Authorization", "").encode())
-            status = proxy._injected(found.group(1).decode() if found else "", body)
+            service = found.group(1).decode() if found else ""
+            status = proxy._arrived(service, self.command, self.path, body)
             if status is not None:
                 self._reply(status, {}, _error(status))
                 return
+            delay = proxy.delay_s.get(service, 0.0)
+            if delay:
+                time.sleep(delay)
             upstream = http.client.HTTPConnection(proxy._upstream, timeout=60)
             try:
                 upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
@@ -106,5 +142,5 @@ def _error(status: int) -> bytes:
     code = "ServiceUnavailable" if status >= 500 else "InvalidParameter"
     return (
         f"<ErrorResponse><Error><Type>Receiver</Type><Code>{code}</Code>"
-        f"<Message>injected by the fault proxy</Message></Error></ErrorResponse>"
+        f"<Message>injected by the proxy</Message></Error></ErrorResponse>"
     ).encode()

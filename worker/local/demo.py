@@ -4,9 +4,8 @@ sample, a line or a few per answer, and pictures of the embeddings and the marke
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,15 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from worker.app import started
-from worker.health import HealthServer
-from worker.jsonio import dumps, loads
-from worker.loop import QueueWorker
-from worker.sample import SAMPLE_BUCKET, SAMPLE_EXPERIMENT, SAMPLE_PREFIX
+from worker.local.client import ApiClient
+from worker.local.sample import SAMPLE_BUCKET, SAMPLE_EXPERIMENT, SAMPLE_PREFIX
+from worker.service.app import started
+from worker.service.health import HealthServer
+from worker.service.loop import QueueWorker
 from worker.settings import Settings
-from worker.store.cell_sets import read_cell_sets
-from worker.transport.aws import aws_client
+from worker.store.cell_sets import CellSets, CellSetsLocation
+from worker.transport.queue import WorkQueue
+from worker.transport.seed import SeedProtocol
 
 ANSWER_TIMEOUT_S = 600
 MARKER_GENES = ["CST3", "TGFB1", "NKG7", "MS4A1"]
@@ -143,70 +143,22 @@ STEPS = (
 )
 
 
-@dataclass(frozen=True)
-class Answer:
-    result: Any
-    error: bool
-    seconds: float
-
-
-class Requester:
-    """Sends requests to the work queue and reads their responses from the results queue, as the
-    API does (responses of earlier runs found there are dropped)."""
-
-    def __init__(self, settings: Settings):
-        self._sqs = aws_client("sqs", settings.aws)
-        self._s3 = aws_client("s3", settings.aws)
-        self._queue_url = self._sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"]
-        self._results_url = self._sqs.get_queue_url(QueueName=settings.results_queue)["QueueUrl"]
-
-    def ask(self, experiment_id: str, body: dict) -> Answer:
-        request_uuid = str(uuid.uuid4())
-        request = {"uuid": request_uuid, "socketId": "demo", "experimentId": experiment_id,
-                   "timeout": "2099-12-31 00:00:00", "body": body}  # fmt: skip
-        sent = time.monotonic()
-        self._sqs.send_message(
-            QueueUrl=self._queue_url,
-            MessageBody=dumps(request).decode(),
-            MessageGroupId=request_uuid,
-        )
-        while time.monotonic() < sent + ANSWER_TIMEOUT_S:
-            reply = self._sqs.receive_message(
-                QueueUrl=self._results_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-            )
-            for message in reply.get("Messages", []):
-                self._sqs.delete_message(
-                    QueueUrl=self._results_url, ReceiptHandle=message["ReceiptHandle"]
-                )
-                response = loads(loads(message["Body"])["Message"])
-                if response["request"]["uuid"] == request_uuid:
-                    return Answer(
-                        self._result(response["results"][0]),
-                        response["response"]["error"],
-                        time.monotonic() - sent,
-                    )
-        raise TimeoutError(f"no response to {body['name']} within {ANSWER_TIMEOUT_S}s")
-
-    def _result(self, result: dict) -> Any:
-        if result["type"] == "s3-path":
-            bucket, key = result["body"].split("/", 1)
-            return loads(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        return loads(result["body"])
-
-
-def run_steps(requester: Requester) -> tuple[dict[str, Any], list[str]]:
+def run_steps(client: ApiClient) -> tuple[dict[str, Any], list[str]]:
     """Each step's result by label, and a description of each error answered."""
     results, failures = {}, []
     for step in STEPS:
-        answer = requester.ask(SAMPLE_EXPERIMENT, step.body)
-        if answer.error:
-            error = answer.result["error"]
+        sent = time.monotonic()
+        response = client.ask(step.body, SAMPLE_EXPERIMENT, timeout_s=ANSWER_TIMEOUT_S)
+        seconds = time.monotonic() - sent
+        result = client.result(response)
+        if response["response"]["error"]:
+            error = result["error"]
             summary = f"ERROR {error['code']}: {error['message']}"
             failures.append(f"{step.label}: {summary}\n{error.get('traceback', '')}".rstrip())
         else:
-            results[step.label] = answer.result
-            summary = step.describe(answer.result)
-        print(f"{step.label:<40} {answer.seconds:6.2f}s  {summary}", flush=True)
+            results[step.label] = result
+            summary = step.describe(result)
+        print(f"{step.label:<40} {seconds:6.2f}s  {summary}", flush=True)
     return results, failures
 
 
@@ -219,8 +171,8 @@ class Cluster:
 
 def louvain_clusters(settings: Settings) -> list[Cluster]:
     """The sample's Louvain clusters as stored in its cell sets."""
-    hierarchies = read_cell_sets(settings.cell_sets_bucket, SAMPLE_EXPERIMENT, settings.aws)
-    louvain = next(root for root in hierarchies if root["key"] == "louvain")
+    location = CellSetsLocation(settings.cell_sets_bucket, SAMPLE_EXPERIMENT, settings.aws)
+    louvain = CellSets.read(location).hierarchy("louvain")
     return [
         Cluster(child["name"], child["color"], np.asarray(child["cellIds"], dtype=np.int64))
         for child in louvain["children"]
@@ -337,18 +289,19 @@ def run_demo(settings: Settings, out_dir: Path) -> int:
         print(f"the demo runs on the local emulator, not in {settings.cluster_env}")
         return 2
     # A short poll lets the worker stop within a second once the demo is done.
-    settings = replace(settings, seed_sample=True, poll_wait_s=1)
+    settings = settings.model_copy(update={"seed_sample": True, "poll_wait_s": 1})
     # The demo's own first request prepares the sample, through the queue.
-    with started(settings, prepare_sample=False) as (client, queue, publisher):
+    with started(settings, prepare_sample=False) as dask_client:
         health = HealthServer(host="127.0.0.1", port=0, stale_after_s=60)
-        worker = QueueWorker(settings, client, queue, publisher, health)
+        queue = WorkQueue(settings)
+        worker = QueueWorker(settings, dask_client, queue, [SeedProtocol(settings)], health)
         serving = threading.Thread(target=worker.run, name="demo-worker")
         serving.start()
         try:
             print(
                 f"sending every task for experiment {SAMPLE_EXPERIMENT} to {queue.url}", flush=True
             )
-            results, failures = run_steps(Requester(settings))
+            results, failures = run_steps(ApiClient(settings))
         finally:
             worker.stop()
             serving.join()

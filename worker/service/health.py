@@ -15,7 +15,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-OUTCOMES = frozenset({"ok", "error", "expired", "poison"})
+OUTCOMES = frozenset({"ok", "error", "expired", "cached", "poison", "released", "failed"})
 
 # Tasks range from a few milliseconds (ListGenes) to minutes (clustering a million cells).
 TASK_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -13,8 +13,8 @@ from pathlib import Path
 import dask
 import numpy as np
 
-from worker.cluster import load_logging_conf
 from worker.compute.graph import neighbour_graph
+from worker.service.cluster import load_logging_conf
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from worker.datasets.synthetic import make_pbmc_sample, write_10x_mtx
 from worker.jsonio import loads
 from worker.settings import Settings
 from worker.store.build import PROGRESS_TOPIC, STAGES
-from worker.store.experiment import filesystem, read_manifest
-from worker.tasks import run_task
+from worker.store.locations import filesystem, read_manifest
+from worker.tasks import TASKS
 from worker.tasks.base import TaskContext
+from worker.tasks.dispatch import Inline, run_task, validated
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def seed_sample(settings: Settings, client: Client, *, prepare: bool = True) -> 
     body = {"name": "PrepareExperiment", "sourceBucket": SAMPLE_BUCKET,
             "sourceMatrixPath": SAMPLE_PREFIX}  # fmt: skip
     context = TaskContext.for_experiment(settings, SAMPLE_EXPERIMENT)
+    task, validated_body = validated(TASKS, body)
     with tqdm(total=len(STAGES), unit="stage", desc="prepare", file=sys.stdout) as bar:
 
         def show(event: tuple) -> None:
@@ -48,14 +50,14 @@ def seed_sample(settings: Settings, client: Client, *, prepare: bool = True) -> 
 
         client.subscribe_topic(PROGRESS_TOPIC, show)
         try:
-            code, result = client.submit(
-                run_task, body, context, settings.shows_tracebacks
+            result = client.submit(
+                run_task, task, validated_body, context, Inline(), settings.shows_tracebacks
             ).result()
         finally:
             client.unsubscribe_topic(PROGRESS_TOPIC)
-    if code is not None:
-        raise RuntimeError(f"preparing the sample failed: {result.decode()}")
-    summary = loads(result)
+    if result.code is not None:
+        raise RuntimeError(f"preparing the sample failed: {result.body.decode()}")
+    summary = loads(result.body)
     print(
         f"prepared {SAMPLE_EXPERIMENT}: {summary['cells']} cells x {summary['genes']} genes "
         f"in {summary['seconds']:.1f}s",

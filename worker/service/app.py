@@ -8,14 +8,14 @@ from urllib.parse import urlsplit
 
 from distributed import Client
 
-from worker.cluster import connect, start_local_cluster
-from worker.emulator import Emulator, endpoint_listening, provision
-from worker.health import HealthServer
-from worker.loop import QueueWorker
-from worker.sample import seed_sample
+from worker.local.emulator import Emulator, endpoint_listening, provision
+from worker.local.sample import seed_sample
+from worker.service.cluster import connect, start_local_cluster
+from worker.service.health import HealthServer
+from worker.service.loop import QueueWorker
 from worker.settings import Settings
 from worker.transport.queue import WorkQueue
-from worker.transport.results import ResultPublisher
+from worker.transport.seed import SeedProtocol
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ def dask_client(settings: Settings, resources: ExitStack) -> Client:
 
 
 @contextmanager
-def started(
-    settings: Settings, *, prepare_sample: bool = True
-) -> Iterator[tuple[Client, WorkQueue, ResultPublisher]]:
+def started(settings: Settings, *, prepare_sample: bool = True) -> Iterator[Client]:
     """The emulator (in development), Dask and the seeded sample (prepared unless told not
     to); stopped in reverse on exit."""
     with ExitStack() as resources:
@@ -59,12 +57,12 @@ def started(
         client = dask_client(settings, resources)
         if settings.seed_sample:
             seed_sample(settings, client, prepare=prepare_sample)
-        yield client, WorkQueue(settings), ResultPublisher(settings)
+        yield client
 
 
 def serve(settings: Settings) -> int:
     """Run the worker until SIGINT or SIGTERM; returns the exit status."""
-    with started(settings) as (client, queue, publisher), ExitStack() as resources:
+    with started(settings) as client, ExitStack() as resources:
         health = HealthServer(
             host="0.0.0.0" if settings.is_deployed else "127.0.0.1",
             port=settings.health_port or 0,
@@ -74,7 +72,8 @@ def serve(settings: Settings) -> int:
             health.start()
             resources.callback(health.stop)
             print(f"health and metrics on port {health.port}", flush=True)
-        worker = QueueWorker(settings, client, queue, publisher, health)
+        queue = WorkQueue(settings)
+        worker = QueueWorker(settings, client, queue, [SeedProtocol(settings)], health)
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
             signal.signal(stop_signal, lambda signum, frame: worker.stop())
         print(f"listening on {queue.url}", flush=True)

@@ -1,0 +1,1 @@
+"""Local tooling: the embedded AWS emulator, the seeded sample, the demo."""

@@ -1,0 +1,1 @@
+"""The running service: start-up and shutdown, the queue loop, health, the Dask cluster."""

@@ -1,0 +1,195 @@
+"""The queue loop: receive, lease, dispatch, answer. It knows message formats only through
+their `Protocol`s and tasks only through each protocol's registry."""
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from distributed import Client
+
+from worker.errors import PoisonMessage, TaskFailed, TransportError, WorkerError
+from worker.jsonio import dumps
+from worker.service.health import HealthServer
+from worker.settings import Settings
+from worker.tasks.base import TaskContext
+from worker.tasks.dispatch import TaskResult, run_task, validated
+from worker.transport.protocol import Protocol, Request, parse_message
+from worker.transport.queue import Lease, ReceivedMessage, WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the handling of one message ended: its one log line and its one metric."""
+
+    # ok, error (answered with one), expired or cached (dropped unanswered), poison (moved to
+    # the dead-letter queue), released (given back at shutdown), failed (left for a retry).
+    kind: str
+    task: str = "unknown"
+    request: Request | None = None
+    code: str | None = None
+    result_bytes: int | None = None
+    reason: str | None = None
+
+
+class QueueWorker:
+    """Serves the work queue until `stop()`; several requests in flight, bounded."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        queue: WorkQueue,
+        protocols: Sequence[Protocol],
+        health: HealthServer,
+    ):
+        self._settings = settings
+        self._client = client
+        self._queue = queue
+        self._protocols = protocols
+        self._health = health
+        self._slots = threading.BoundedSemaphore(settings.max_in_flight)
+        self._handlers = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="request")
+        self._stopping = threading.Event()
+        self._release_at = float("inf")
+
+    def run(self) -> None:
+        """Poll until stopped, then finish or release what is in flight."""
+        log.info("serving %s, up to %d in flight", self._queue.url, self._settings.max_in_flight)
+        while not self._stopping.is_set():
+            free = self._take_free_slots()
+            if not free:
+                continue
+            try:
+                messages = self._queue.receive(free, wait_s=self._settings.poll_wait_s)
+            except TransportError as error:
+                log.error("%s; receiving again in a second", error)
+                messages = []
+                self._stopping.wait(1.0)
+            self._health.mark_polled()
+            for _unused in range(free - len(messages)):
+                self._slots.release()
+            for message in messages:
+                self._handlers.submit(self._handle_in_slot, message)
+        self._handlers.shutdown(wait=True)
+        log.info("stopped serving %s", self._queue.url)
+
+    def stop(self) -> None:
+        """Stop receiving; in-flight requests get the shutdown grace period, then are released."""
+        if not self._stopping.is_set():
+            self._release_at = time.monotonic() + self._settings.shutdown_grace_s
+            self._stopping.set()
+
+    def _take_free_slots(self) -> int:
+        if not self._slots.acquire(timeout=0.5):
+            # Busy, not stuck: every slot is computing, and the loop is alive.
+            self._health.mark_polled()
+            return 0
+        free = 1
+        while free < min(10, self._settings.max_in_flight) and self._slots.acquire(blocking=False):
+            free += 1
+        return free
+
+    def _handle_in_slot(self, message: ReceivedMessage) -> None:
+        started = time.monotonic()
+        try:
+            with self._health.in_flight(), self._queue.lease(message) as lease:
+                outcome = self._handle(message, lease)
+        except Exception as error:
+            # Not deleted: the message becomes visible again and is retried, then dead-lettered.
+            log.debug("handling %s failed", message.message_id, exc_info=True)
+            outcome = Outcome("failed", reason=f"{type(error).__name__}: {error}")
+        finally:
+            self._slots.release()
+        self._record(outcome, message, time.monotonic() - started)
+
+    def _handle(self, message: ReceivedMessage, lease: Lease) -> Outcome:
+        if self._stopping.is_set():
+            lease.release()
+            return Outcome("released")
+        try:
+            protocol, request = parse_message(message.body, self._protocols)
+        except PoisonMessage as reason:
+            self._queue.dead_letter(message, str(reason))
+            return Outcome("poison", reason=str(reason))
+        # Metrics are labelled by task: a label per invented name would grow without bound.
+        task = request.task_name if request.task_name in protocol.tasks else "unknown"
+        try:
+            skip = protocol.skip_reason(request) if request.invalid is None else None
+            if skip is not None:
+                lease.delete()
+                return Outcome(skip, task, request)
+            result, cacheable = self._compute(protocol, request)
+            if result is None:
+                lease.release()
+                return Outcome("released", task, request)
+            protocol.answer(request, result, cacheable=cacheable)
+            lease.delete()
+        except (TransportError, OSError) as error:
+            return Outcome("failed", task, request, reason=f"{type(error).__name__}: {error}")
+        return Outcome("error" if result.code else "ok", task, request, result.code, result.size)
+
+    def _compute(self, protocol: Protocol, request: Request) -> tuple[TaskResult | None, bool]:
+        """The request's result and whether it is cacheable; None if shutdown came first."""
+        if request.invalid is not None:
+            return TaskResult.failed(request.invalid), False
+        try:
+            task, body = validated(protocol.tasks, request.body)
+        except WorkerError as error:
+            return TaskResult.failed(error), False
+        future = self._client.submit(
+            run_task,
+            task,
+            body,
+            TaskContext.for_experiment(self._settings, request.experiment_id),
+            protocol.delivery(request),
+            self._settings.shows_tracebacks,
+            key=f"{task.name}-{request.request_id[:64]}-{secrets.token_hex(4)}",
+            pure=False,
+        )
+        return self._wait(future), task.cacheable
+
+    def _wait(self, future) -> TaskResult | None:
+        while True:
+            until_release = max(0.1, self._release_at - time.monotonic())
+            try:
+                return future.result(timeout=min(1.0, until_release))
+            except (FutureTimeout, TimeoutError):
+                if self._stopping.is_set() and time.monotonic() > self._release_at:
+                    future.cancel()
+                    return None
+            except Exception as error:
+                # The Dask side failed (a worker died, the task was lost): answer, don't crash.
+                return TaskResult.failed(
+                    TaskFailed(f"the computation failed: {type(error).__name__}: {error}")
+                )
+
+    def _record(self, outcome: Outcome, message: ReceivedMessage, seconds: float) -> None:
+        self._health.request_finished(outcome.task, outcome.kind, seconds)
+        request = outcome.request
+        line = {
+            "id": request.request_id if request else None,
+            "experimentId": request.experiment_id if request else None,
+            "task": outcome.task,
+            "outcome": outcome.kind,
+            "code": outcome.code,
+            "seconds": round(seconds, 4),
+            "resultBytes": outcome.result_bytes,
+            "messageId": message.message_id,
+            "receiveCount": message.receive_count,
+            "reason": outcome.reason,
+        }
+        if outcome.kind == "failed":
+            # Left on the queue: it comes back, until the redrive policy dead-letters it.
+            last = message.receive_count >= self._settings.max_receive_count
+            line["then"] = "dead-lettered by the queue" if last else "retried"
+        level = logging.ERROR if outcome.kind in ("poison", "failed") else logging.INFO
+        log.log(
+            level, "request %s", dumps({k: v for k, v in line.items() if v is not None}).decode()
+        )
