@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 $(TOOLS_STAMP):
-	$(PYTHON) tools/kubectl_layer.py --version $(KUBECTL_LAYER_VERSION) \
+	$(PYTHON) .ci/kubectl_layer.py --version $(KUBECTL_LAYER_VERSION) \
 		--integrity $(KUBECTL_LAYER_INTEGRITY) --into $(TOOLS)
 	touch $@
 
@@ -53,4 +53,4 @@ bench: venv
 # image's requirements.txt (its runtime part) from the lock.
 lock: venv
 	$(BIN)/python -m pip freeze --exclude-editable --exclude worker > constraints.txt
-	$(BIN)/python tools/runtime_requirements.py
+	$(BIN)/python .ci/runtime_requirements.py

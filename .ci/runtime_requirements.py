@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = (
     "# The image's third-party packages, pinned: the runtime part of constraints.txt.\n"
-    "# Written by `make lock` (tools/runtime_requirements.py); do not edit by hand.\n"
+    "# Written by `make lock` (.ci/runtime_requirements.py); do not edit by hand.\n"
 )
 
 
