@@ -11,6 +11,7 @@ from distributed import Client, LocalCluster
 
 from worker.local.client import ApiClient, make_request
 from worker.local.emulator import Emulator, provision
+from worker.local.redis_server import RedisServer
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
 from worker.settings import Settings, load_settings
@@ -33,6 +34,13 @@ def emulator():
     emulator = Emulator(free_port())
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer(free_port())
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from worker.errors import PoisonMessage, WorkerError
+from worker.store.cell_sets import PlatformApi
 from worker.tasks.base import Task
 from worker.tasks.dispatch import Delivery, TaskResult
 
@@ -55,9 +56,19 @@ class Protocol(ABC):
         """Why a valid request is dropped unanswered (`expired`), or None to compute it."""
         return "expired" if request.expired() else None
 
+    def platform_api(self, request: Request) -> PlatformApi | None:
+        """The platform's API that applies this request's cell set changes, if it does."""
+        return None
+
     @abstractmethod
-    def delivery(self, request: Request) -> Delivery:
+    def delivery(self, request: Request, task: Task) -> Delivery:
         """How the Dask worker delivers this request's result."""
+
+    def started(self, request: Request) -> None:  # noqa: B027 (a hook: most protocols say nothing)
+        """The request's computing has begun."""
+
+    def heartbeat(self, request: Request, progress: dict | None) -> None:  # noqa: B027
+        """The request is still computing (every few seconds), with its latest progress."""
 
     @abstractmethod
     def answer(self, request: Request, result: TaskResult, *, cacheable: bool) -> None:

@@ -122,7 +122,7 @@ class SeedProtocol(Protocol):
             timeout=envelope.timeout,
         )
 
-    def delivery(self, request: Request) -> StoredWhenLarge:
+    def delivery(self, request: Request, task: Task) -> StoredWhenLarge:
         return StoredWhenLarge(self._aws, self._results_bucket, request.request_id)
 
     def answer(self, request: Request, result: TaskResult, *, cacheable: bool) -> None:
