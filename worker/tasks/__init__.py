@@ -7,6 +7,7 @@ from worker.tasks import (
     get_doublet_score,
     get_embedding,
     get_mitochondrial_content,
+    get_normalized_expression,
     list_genes,
     marker_heatmap,
     prepare_experiment,
@@ -30,4 +31,10 @@ TASKS: dict[str, Task] = {
 }
 
 # The Cellenics v2 protocol's tasks (CELLENICS-V2.md section 3).
-V2_TASKS: dict[str, Task] = {task.name: task for task in (get_mitochondrial_content.V2_TASK,)}
+V2_TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        get_mitochondrial_content.V2_TASK,
+        get_normalized_expression.V2_TASK,
+    )
+}
