@@ -1,6 +1,7 @@
 """The task registry: each contract's tasks by `body.name`."""
 
 from worker.tasks import (
+    cell_cycle_scoring,
     cluster_cells,
     differential_expression,
     gene_expression,
@@ -34,6 +35,7 @@ TASKS: dict[str, Task] = {
 V2_TASKS: dict[str, Task] = {
     task.name: task
     for task in (
+        cell_cycle_scoring.V2_TASK,
         get_mitochondrial_content.V2_TASK,
         get_normalized_expression.V2_TASK,
     )
