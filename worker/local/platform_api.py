@@ -67,9 +67,7 @@ def _handler_for(api: PlatformApiStandIn) -> type[BaseHTTPRequestHandler]:
                 operations = loads(self.rfile.read(length))
                 if not isinstance(operations, list):
                     raise ValueError("the body must be a list of json-merger operations")
-                api.apply(
-                    Patch(found["experiment"], self.headers.get("Authorization"), operations)
-                )
+                api.apply(Patch(found["experiment"], self.headers.get("Authorization"), operations))
             except ValueError as error:
                 self._reply(400, {"error": str(error)})
                 return
