@@ -15,7 +15,7 @@ from worker.store.cell_sets import (
     apply_merger_patch,
     update_cell_sets,
 )
-from worker.transport.seed import EXPERIMENT_ID
+from worker.transport.protocol import EXPERIMENT_ID
 
 CELL_SETS_PATH = re.compile(r"^/v2/experiments/(?P<experiment>[^/]+)/cellSets$")
 

@@ -6,12 +6,11 @@ import base64
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import zstandard
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from worker.errors import PoisonMessage, TransportError
 from worker.jsonio import loads
@@ -22,8 +21,7 @@ from worker.tasks import V2_TASKS
 from worker.tasks.base import Task
 from worker.tasks.dispatch import TaskResult, invalid_request
 from worker.transport.aws import error_code, mapped_errors, shared_client
-from worker.transport.protocol import Protocol, Request
-from worker.transport.seed import EXPERIMENT_ID, parse_timeout
+from worker.transport.protocol import EnvelopeFields, Protocol, Request
 from worker.transport.socketio import SocketEmitter
 
 log = logging.getLogger(__name__)
@@ -46,31 +44,14 @@ ERROR_CODES = {
 UNEXPECTED_ERROR = "PYTHON_WORKER_ERROR"
 
 
-class Envelope(BaseModel):
+class Envelope(EnvelopeFields):
     """The SQS message the platform's API sends (its `WorkRequest.v2.yaml`, and what the API
     adds: `signedUrl`, `Authorization`, `requestProps`)."""
 
-    model_config = ConfigDict(extra="allow")
-
     ETag: str = Field(pattern=ETAG.pattern)
-    experimentId: str
-    timeout: datetime
-    body: dict[str, Any]
     signedUrl: str | None = None
     Authorization: str | None = None
     requestProps: dict[str, Any] | None = None
-
-    @field_validator("experimentId")
-    @classmethod
-    def _safe_experiment_id(cls, value: str) -> str:
-        if not EXPERIMENT_ID.fullmatch(value):
-            raise ValueError("must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-        return value
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _iso_timeout(cls, value: Any) -> datetime:
-        return parse_timeout(value)
 
 
 def task_label(name: str) -> str:
