@@ -1,7 +1,9 @@
-"""A result a task writes itself, as a file in parts: an S3 multipart upload under the key its
-protocol names, tagged as the protocol's other results, visible only once complete (a reader
-finds the whole file or none)."""
+"""Results in a results bucket as tasks see them: a result a task writes itself, as a file in
+parts (an S3 multipart upload under the key its protocol names, tagged as the protocol's other
+results, visible only once complete: a reader finds the whole file or none); and an earlier
+request's result read back."""
 
+import gzip
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -9,8 +11,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import zstandard
+from botocore.exceptions import BotoCoreError, ClientError
+
 from worker.settings import AwsSettings
-from worker.transport.aws import mapped_errors, shared_client
+from worker.transport.aws import error_code, mapped_errors, shared_client, transport_error
 
 # S3 needs at least 5 MiB in every part but the last, and takes at most 10,000 parts: 16 MiB
 # parts hold files up to 156 GiB.
@@ -106,3 +111,21 @@ class PartWriter:
             self._s3.abort_multipart_upload(
                 Bucket=self._file.bucket, Key=self._file.key, UploadId=self._upload_id
             )
+
+
+def read_result(aws: AwsSettings, bucket: str, key: str) -> bytes | None:
+    """The stored result at `bucket/key` decompressed (zstd, or gzip as the platform's older
+    results), or None when there is none."""
+    s3 = shared_client("s3", aws)
+    try:
+        stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise transport_error("s3", "GetObject", error) from error
+    except BotoCoreError as error:
+        raise transport_error("s3", "GetObject", error) from error
+    try:
+        return zstandard.ZstdDecompressor().decompressobj().decompress(stored)
+    except zstandard.ZstdError:
+        return gzip.decompress(stored)

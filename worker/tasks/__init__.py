@@ -12,6 +12,7 @@ from worker.tasks import (
     list_genes,
     marker_heatmap,
     prepare_experiment,
+    trajectory_analysis,
 )
 from worker.tasks.base import Task
 
@@ -38,5 +39,7 @@ V2_TASKS: dict[str, Task] = {
         cell_cycle_scoring.V2_TASK,
         get_mitochondrial_content.V2_TASK,
         get_normalized_expression.V2_TASK,
+        trajectory_analysis.STARTING_NODES_TASK,
+        trajectory_analysis.PSEUDO_TIME_TASK,
     )
 }

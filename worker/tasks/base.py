@@ -54,6 +54,8 @@ class TaskContext:
     progress_topic: str | None = None
     # Where a task that writes its result as a file writes it, as the protocol says.
     result_file: ResultFile | None = None
+    # The Cellenics v2 results bucket, where results of earlier requests are read back.
+    v2_results_bucket: str = ""
 
     @classmethod
     def for_experiment(
@@ -74,6 +76,7 @@ class TaskContext:
             api=api,
             progress_topic=progress_topic,
             result_file=result_file,
+            v2_results_bucket=settings.v2_results_bucket,
         )
 
     def store(self) -> ExperimentStore:
