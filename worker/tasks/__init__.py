@@ -12,6 +12,7 @@ from worker.tasks import (
     list_genes,
     marker_heatmap,
     prepare_experiment,
+    sctype_annotate,
     trajectory_analysis,
 )
 from worker.tasks.base import Task
@@ -39,6 +40,7 @@ V2_TASKS: dict[str, Task] = {
         cell_cycle_scoring.V2_TASK,
         get_mitochondrial_content.V2_TASK,
         get_normalized_expression.V2_TASK,
+        sctype_annotate.V2_TASK,
         trajectory_analysis.STARTING_NODES_TASK,
         trajectory_analysis.PSEUDO_TIME_TASK,
     )

@@ -56,6 +56,8 @@ class TaskContext:
     result_file: ResultFile | None = None
     # The Cellenics v2 results bucket, where results of earlier requests are read back.
     v2_results_bucket: str = ""
+    # ScTypeAnnotate's marker database (WORKER_SCTYPE_DB), if configured.
+    sctype_db: str | None = None
 
     @classmethod
     def for_experiment(
@@ -77,6 +79,7 @@ class TaskContext:
             progress_topic=progress_topic,
             result_file=result_file,
             v2_results_bucket=settings.v2_results_bucket,
+            sctype_db=settings.sctype_db,
         )
 
     def store(self) -> ExperimentStore:

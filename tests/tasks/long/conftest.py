@@ -21,6 +21,7 @@ from worker.transport.socketio import SocketEmitter
 from worker.transport.v2 import V2Protocol
 
 LONG_EXPERIMENT = "long-tasks"
+SCTYPE_DB = f"s3://{SOURCE_BUCKET}/sctype/ScTypeDB_test.xlsx"
 SAMPLES = ("s1", "s2", "s3", "s4")
 CELLS_PER_SAMPLE = 150
 TYPE_A_MARKERS = [f"ALPHA{index}" for index in range(12)]
@@ -99,7 +100,10 @@ def platform_api(emulator):
 @pytest.fixture(scope="session")
 def long_settings(emulator, redis_server, platform_api):
     return make_settings(
-        emulator.url, WORKER_REDIS_URL=redis_server.url, WORKER_API_URL=platform_api.url
+        emulator.url,
+        WORKER_REDIS_URL=redis_server.url,
+        WORKER_API_URL=platform_api.url,
+        WORKER_SCTYPE_DB=SCTYPE_DB,
     )
 
 
