@@ -30,4 +30,10 @@ TASKS: dict[str, Task] = {
 }
 
 # The Cellenics v2 protocol's tasks (CELLENICS-V2.md section 3).
-V2_TASKS: dict[str, Task] = {task.name: task for task in (get_mitochondrial_content.V2_TASK,)}
+V2_TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        get_mitochondrial_content.V2_TASK,
+        gene_expression.V2_TASK,
+    )
+}
