@@ -35,5 +35,6 @@ V2_TASKS: dict[str, Task] = {
     for task in (
         get_mitochondrial_content.V2_TASK,
         gene_expression.V2_TASK,
+        list_genes.V2_TASK,
     )
 }
