@@ -7,6 +7,8 @@ from worker.tasks import (
     get_doublet_score,
     get_embedding,
     get_mitochondrial_content,
+    get_n_genes,
+    get_n_umis,
     list_genes,
     marker_heatmap,
     prepare_experiment,
@@ -36,5 +38,8 @@ V2_TASKS: dict[str, Task] = {
         get_mitochondrial_content.V2_TASK,
         gene_expression.V2_TASK,
         list_genes.V2_TASK,
+        get_n_genes.V2_TASK,
+        get_n_umis.V2_TASK,
+        get_doublet_score.V2_TASK,
     )
 }
