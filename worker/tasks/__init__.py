@@ -41,5 +41,6 @@ V2_TASKS: dict[str, Task] = {
         get_n_genes.V2_TASK,
         get_n_umis.V2_TASK,
         get_doublet_score.V2_TASK,
+        get_embedding.V2_TASK,
     )
 }
