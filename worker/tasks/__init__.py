@@ -6,6 +6,7 @@ from worker.tasks import (
     gene_expression,
     get_doublet_score,
     get_embedding,
+    get_expression_cell_sets,
     get_mitochondrial_content,
     get_n_genes,
     get_n_umis,
@@ -42,5 +43,7 @@ V2_TASKS: dict[str, Task] = {
         get_n_umis.V2_TASK,
         get_doublet_score.V2_TASK,
         get_embedding.V2_TASK,
+        cluster_cells.V2_TASK,
+        get_expression_cell_sets.V2_TASK,
     )
 }
