@@ -54,7 +54,7 @@ def expression_stats(nonzeros: np.ndarray, n_values: int) -> dict:
     `truncation_quantile`); the deviation is null for fewer than two values."""
     n_zeros = n_values - nonzeros.size
     mean = nonzeros.sum(dtype=np.float64) / n_values
-    deviations = nonzeros.astype(np.float64) - mean
+    deviations = np.subtract(nonzeros, mean, dtype=np.float64)
     sum_of_squares = deviations @ deviations + n_zeros * mean * mean
     stdev = np.sqrt(sum_of_squares / (n_values - 1)) if n_values > 1 else np.nan
     return {
@@ -79,18 +79,21 @@ def truncation_quantile(nonzeros: np.ndarray, n_values: int) -> np.float32:
 def sparse_quantile(nonzeros: np.ndarray, n_values: int, probability: float) -> np.float32:
     """`numpy.quantile(column, probability)` (linear, R's type 7) of the column of `n_values`
     values that are the non-negative float32 `nonzeros` and zeros, in numpy's arithmetic: the
-    sorted column is the zeros, then the sorted nonzeros, so only the one or two order
-    statistics needed are picked from the nonzeros (O(nonzeros), not a sort of every cell)."""
+    sorted column is the zeros, then the sorted nonzeros, so the two neighbouring order
+    statistics come from one partition of the nonzeros (not a sort of every cell)."""
     n_zeros = n_values - nonzeros.size
     position = (n_values - 1) * probability
     if position >= n_values - 1:
         return np.float32(nonzeros.max() if nonzeros.size else 0)
     below = math.floor(position)
-    wanted = [rank - n_zeros for rank in (below, below + 1) if rank >= n_zeros]
-    picked = np.partition(nonzeros, wanted) if wanted else nonzeros
-    lower, upper = (
-        np.float32(0) if rank < n_zeros else picked[rank - n_zeros] for rank in (below, below + 1)
-    )
+    if below + 1 < n_zeros:
+        lower = upper = np.float32(0)
+    elif below < n_zeros:
+        lower, upper = np.float32(0), nonzeros.min()
+    else:
+        # One partition and a minimum: numpy partitions several ranks at once much slower.
+        picked = np.partition(nonzeros, below - n_zeros)
+        lower, upper = picked[below - n_zeros], picked[below - n_zeros + 1 :].min()
     # numpy's `_lerp`, with the weight as a Python float so the arithmetic stays float32.
     weight = position - below
     difference = upper - lower
