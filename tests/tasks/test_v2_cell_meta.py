@@ -8,15 +8,7 @@ import pytest
 import scanpy as sc
 
 from tests.conftest import SYNTHETIC_EXPERIMENT
-from tests.tasks.v2_harness import V2Harness
 from worker.store.locations import zarr_store
-
-
-@pytest.fixture(scope="module")
-def v2(emulator, redis_server, dask_client, session_settings, prepared_synthetic, prepared_10x):
-    harness = V2Harness(emulator.url, redis_server.url, dask_client, session_settings)
-    yield harness
-    harness.close()
 
 
 def stored_counts(prepared: dict, settings) -> ad.AnnData:

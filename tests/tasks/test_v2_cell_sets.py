@@ -13,16 +13,14 @@ from sklearn.metrics import adjusted_rand_score
 
 from tests.conftest import SYNTHETIC_EXPERIMENT
 from tests.tasks.helpers import scanpy_log_normalised
-from tests.tasks.v2_harness import AUTHORIZATION, V2Harness, cell_sets_restored
+from tests.tasks.v2_harness import AUTHORIZATION, cell_sets_restored
 from worker.store.cell_sets import PALETTE
 
 
-@pytest.fixture(scope="module")
-def v2(emulator, redis_server, dask_client, session_settings, prepared_synthetic):
-    harness = V2Harness(emulator.url, redis_server.url, dask_client, session_settings)
+@pytest.fixture(scope="module", autouse=True)
+def cell_sets_as_they_were(session_settings, prepared_synthetic):
     with cell_sets_restored(session_settings, SYNTHETIC_EXPERIMENT):
-        yield harness
-    harness.close()
+        yield
 
 
 @pytest.fixture(scope="module")

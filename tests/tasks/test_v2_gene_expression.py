@@ -10,17 +10,10 @@ from scipy import sparse
 
 from tests.conftest import SYNTHETIC_EXPERIMENT
 from tests.tasks.helpers import cell_set, scanpy_log_normalised, store_hierarchy
-from tests.tasks.v2_harness import V2Harness, cell_sets_restored
+from tests.tasks.v2_harness import cell_sets_restored
 from worker.store.cell_sets import cluster_hierarchy
 
 TENX_EXPERIMENT = "shared-v3-mtx-gz"
-
-
-@pytest.fixture(scope="module")
-def v2(emulator, redis_server, dask_client, session_settings, prepared_synthetic, prepared_10x):
-    harness = V2Harness(emulator.url, redis_server.url, dask_client, session_settings)
-    yield harness
-    harness.close()
 
 
 @pytest.fixture(scope="module")

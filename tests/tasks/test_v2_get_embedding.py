@@ -8,20 +8,12 @@ import pytest
 import scanpy as sc
 from openTSNE import TSNE
 
-from tests.tasks.v2_harness import V2Harness
 from worker.compute.graph import TSNE_ITERATIONS
 from worker.store.locations import zarr_store
 from worker.tasks.base import TaskContext
 from worker.tasks.get_embedding import V2_TASK, GetEmbeddingV2Body
 
 EXPERIMENT = "shared-v3-h5"
-
-
-@pytest.fixture(scope="module")
-def v2(emulator, redis_server, dask_client, session_settings, prepared_10x):
-    harness = V2Harness(emulator.url, redis_server.url, dask_client, session_settings)
-    yield harness
-    harness.close()
 
 
 @pytest.fixture(scope="module")

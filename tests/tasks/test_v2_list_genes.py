@@ -9,17 +9,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import SYNTHETIC_EXPERIMENT
-from tests.tasks.v2_harness import V2Harness
 from worker.store.locations import zarr_store
 
 TENX_EXPERIMENT = "shared-v3-mtx-gz"
-
-
-@pytest.fixture(scope="module")
-def v2(emulator, redis_server, dask_client, session_settings, prepared_synthetic, prepared_10x):
-    harness = V2Harness(emulator.url, redis_server.url, dask_client, session_settings)
-    yield harness
-    harness.close()
 
 
 def gene_table(prepared: dict, settings) -> pd.DataFrame:

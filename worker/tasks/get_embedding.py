@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from scipy import sparse
 
 from worker.compute.graph import MIN_CELLS_FOR_GRAPH, embed_tsne, embed_umap, neighbour_graph
 from worker.errors import InvalidRequest
@@ -28,25 +29,32 @@ class UmapConfig(_Config):
     def element_name(self) -> str:
         return f"X_umap__{self.distanceMetric}__min_dist_{self.minimumDistance!r}"
 
-    def embed(self, store: ExperimentStore, x_pca: np.ndarray, report: Report) -> np.ndarray:
+    def neighbours(
+        self, store: ExperimentStore, x_pca: np.ndarray, report: Report
+    ) -> sparse.csr_matrix:
+        """The graph the UMAP lays out: the stored one for euclidean, else one made in the
+        metric with the store's number of neighbours."""
         parameters = store.parameters
         if self.distanceMetric == "euclidean":
-            connectivities = store.connectivities()
-        else:
-            report(0, 2, "Finding neighbours")
-            connectivities, _ = neighbour_graph(
-                x_pca,
-                n_neighbors=parameters.n_neighbors,
-                metric="cosine",
-                random_state=parameters.random_state,
-            )
+            return store.connectivities()
+        report(0, 2, "Finding neighbours")
+        connectivities, _ = neighbour_graph(
+            x_pca,
+            n_neighbors=parameters.n_neighbors,
+            metric="cosine",
+            random_state=parameters.random_state,
+        )
+        return connectivities
+
+    def embed(self, store: ExperimentStore, x_pca: np.ndarray, report: Report) -> np.ndarray:
+        connectivities = self.neighbours(store, x_pca, report)
         report(1, 2, "Computing the UMAP")
         return embed_umap(
             connectivities,
             x_pca,
             min_dist=self.minimumDistance,
             metric=self.distanceMetric,
-            random_state=parameters.random_state,
+            random_state=store.parameters.random_state,
         )
 
 
@@ -128,23 +136,17 @@ class UmapV2Config(UmapConfig):
             f"__min_dist_{self.minimumDistance!r}"
         )
 
-    def embed(self, store: ExperimentStore, x_pca: np.ndarray, report: Report) -> np.ndarray:
-        random_state = store.parameters.random_state
+    def neighbours(
+        self, store: ExperimentStore, x_pca: np.ndarray, report: Report
+    ) -> sparse.csr_matrix:
         report(0, 2, "Finding neighbours")
         connectivities, _ = neighbour_graph(
             x_pca,
             n_neighbors=UMAP_V2_NEIGHBOURS,
             metric=self.distanceMetric,
-            random_state=random_state,
+            random_state=store.parameters.random_state,
         )
-        report(1, 2, "Computing the UMAP")
-        return embed_umap(
-            connectivities,
-            x_pca,
-            min_dist=self.minimumDistance,
-            metric=self.distanceMetric,
-            random_state=random_state,
-        )
+        return connectivities
 
 
 class TsneV2Config(TsneConfig):
