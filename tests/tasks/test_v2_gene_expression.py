@@ -107,7 +107,8 @@ def test_every_cell_is_a_row_and_the_stats_are_the_platforms(v2, synthetic):
 
 
 def test_cell_ids_are_the_rows_in_their_order_and_stats_stay_over_all_cells(v2, synthetic):
-    cell_ids = [4999, 3, 17, 3, 250, 0]
+    # Cell 3 twice; 5000 is no cell of the store: an empty row.
+    cell_ids = [4999, 3, 17, 3, 250, 0, 5000]
     body = {"name": "GeneExpression", "genes": ["CST3", "LYZ"], "downsampleSettings":
             {"cellIds": cell_ids}}  # fmt: skip
 
@@ -116,7 +117,8 @@ def test_cell_ids_are_the_rows_in_their_order_and_stats_stay_over_all_cells(v2, 
     genes = [synthetic.var_names.get_loc(name) for name in result["orderedGeneNames"]]
     assert sorted(genes) == genes and len(genes) == 2
     assert result["cellIds"] == cell_ids
-    np.testing.assert_array_equal(csc_of(result).toarray(), synthetic.X[np.ix_(cell_ids, genes)])
+    expected = np.vstack([synthetic.X[np.ix_(cell_ids[:-1], genes)], np.zeros((1, 2))])
+    np.testing.assert_array_equal(csc_of(result).toarray(), expected)
     assert_platform_stats(result["stats"], synthetic.X[:, genes])
 
 

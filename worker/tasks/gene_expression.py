@@ -202,9 +202,11 @@ def rows_in_order(values: sparse.csc_array, cell_ids: np.ndarray) -> sparse.csc_
     # Entries of requested cells, found through a table rather than a search of every entry.
     kept = np.flatnonzero(np.bincount(inside, minlength=n_cells)[values.indices] > 0)
     cells, genes = values.indices[kept], entry_rows(values.indptr)[kept]
+    # Each kept entry goes to every row that asks for its cell (a run of the sorted ids).
     order = np.argsort(cell_ids, kind="stable")
-    first = np.searchsorted(cell_ids[order], cells, "left")
-    copies = np.searchsorted(cell_ids[order], cells, "right") - first
+    sorted_ids = cell_ids[order]
+    first = np.searchsorted(sorted_ids, cells, "left")
+    copies = np.searchsorted(sorted_ids, cells, "right") - first
     entries = np.repeat(np.arange(len(kept)), copies)
     run_starts = np.repeat(np.cumsum(copies) - copies, copies)
     rows = order[first[entries] + np.arange(len(entries)) - run_starts]
