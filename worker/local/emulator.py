@@ -1,6 +1,7 @@
 """The embedded AWS emulator (moto's server) and the resources the worker expects on it."""
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -26,15 +27,22 @@ def endpoint_listening(url: str, timeout_s: float = 0.5) -> bool:
 
 
 class Emulator:
-    """moto's server in a child process, bound to 127.0.0.1 only."""
+    """moto's server in a child process, bound to 127.0.0.1 only.
+
+    The child has a session of its own, so a terminal's Ctrl-C or a signal to the worker's
+    process group does not stop it before the worker is done with it; it stops when its standard
+    input closes: when `stop()` closes it, or when this process dies.
+    """
 
     def __init__(self, port: int):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "worker.local.emulator", str(port)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 30
         while not endpoint_listening(self.url, timeout_s=0.2):
@@ -45,12 +53,25 @@ class Emulator:
 
     def stop(self) -> None:
         if self._process.poll() is None:
-            self._process.terminate()
+            self._process.stdin.close()
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+def serve_until_stdin_closes(port: int) -> None:
+    """moto's server on 127.0.0.1:`port` until standard input reaches its end."""
+    # moto is a development dependency: imported here, never by a deployed worker.
+    from moto.server import ThreadedMotoServer
+
+    # As moto's own command sets it: where moto says its endpoints are.
+    os.environ.setdefault("MOTO_PORT", str(port))
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    sys.stdin.buffer.read()
+    server.stop()
 
 
 def provision(settings: Settings) -> str:
@@ -117,3 +138,7 @@ def provision(settings: Settings) -> str:
             ):
                 raise
     return queue_url
+
+
+if __name__ == "__main__":
+    serve_until_stdin_closes(int(sys.argv[1]))

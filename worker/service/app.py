@@ -1,8 +1,7 @@
 """Starting and stopping everything `python -m worker run` needs, in order."""
 
 import logging
-import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from urllib.parse import urlsplit
 
@@ -13,6 +12,7 @@ from worker.local.sample import seed_sample
 from worker.service.cluster import connect, start_local_cluster
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
+from worker.service.signals import StopSignals
 from worker.settings import Settings
 from worker.transport.queue import WorkQueue
 from worker.transport.seed import SeedProtocol
@@ -29,9 +29,14 @@ def start_emulator_if_needed(settings: Settings, resources: ExitStack) -> None:
         print(f"using the AWS endpoint already listening at {endpoint}", flush=True)
     elif settings.start_emulator:
         emulator = Emulator(urlsplit(endpoint).port or 4566)
-        resources.callback(emulator.stop)
+        resources.callback(stop_then_say, emulator.stop, "the embedded AWS emulator")
         print(f"started the embedded AWS emulator at {emulator.url}", flush=True)
     provision(settings)
+
+
+def stop_then_say(stop: Callable[[], None], what: str) -> None:
+    stop()
+    print(f"stopped {what}", flush=True)
 
 
 def dask_client(settings: Settings, resources: ExitStack) -> Client:
@@ -41,7 +46,7 @@ def dask_client(settings: Settings, resources: ExitStack) -> Client:
         print(f"connected to the Dask scheduler at {settings.dask_scheduler_address}", flush=True)
     else:
         cluster = start_local_cluster()
-        resources.callback(cluster.close)
+        resources.callback(stop_then_say, cluster.close, "the Dask LocalCluster")
         client = Client(cluster)
         resources.callback(client.close)
         print(f"started a Dask LocalCluster; dashboard: {client.dashboard_link}", flush=True)
@@ -62,7 +67,7 @@ def started(settings: Settings, *, prepare_sample: bool = True) -> Iterator[Clie
 
 def serve(settings: Settings) -> int:
     """Run the worker until SIGINT or SIGTERM; returns the exit status."""
-    with started(settings) as client, ExitStack() as resources:
+    with StopSignals() as signals, started(settings) as client, ExitStack() as resources:
         health = HealthServer(
             host="0.0.0.0" if settings.is_deployed else "127.0.0.1",
             port=settings.health_port or 0,
@@ -74,8 +79,7 @@ def serve(settings: Settings) -> int:
             print(f"health and metrics on port {health.port}", flush=True)
         queue = WorkQueue(settings)
         worker = QueueWorker(settings, client, queue, [SeedProtocol(settings)], health)
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop_signal, lambda signum, frame: worker.stop())
+        signals.serving(worker.stop)
         print(f"listening on {queue.url}", flush=True)
         worker.run()
     log.info("worker stopped")

@@ -62,6 +62,11 @@ def start_local_cluster(*, dashboard_address: str | None = None) -> LocalCluster
         memory_limit=option("memory-limit", "auto"),
         dashboard_address=dashboard_address or option("dashboard-address", ":8787"),
         processes=True,
+        # The Dask worker processes take a session of their own (worker/service/own_session.py).
+        preload=[
+            *dask.config.get("distributed.worker.preload", default=[]),
+            "worker.service.own_session",
+        ],
     )
 
 

@@ -6,7 +6,7 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
@@ -57,6 +57,7 @@ class QueueWorker:
         self._slots = threading.BoundedSemaphore(settings.max_in_flight)
         self._handlers = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="request")
         self._stopping = threading.Event()
+        self._stopped: Future = Future()
         self._release_at = float("inf")
 
     def run(self) -> None:
@@ -67,7 +68,7 @@ class QueueWorker:
             if not free:
                 continue
             try:
-                messages = self._queue.receive(free, wait_s=self._settings.poll_wait_s)
+                messages = self._receive(free)
             except TransportError as error:
                 log.error("%s; receiving again in a second", error)
                 messages = []
@@ -85,6 +86,35 @@ class QueueWorker:
         if not self._stopping.is_set():
             self._release_at = time.monotonic() + self._settings.shutdown_grace_s
             self._stopping.set()
+            self._stopped.set_result(None)
+
+    def _receive(self, max_messages: int) -> list[ReceivedMessage]:
+        """One long poll, in a thread of its own so that stop() need not wait for it to end; a
+        poll that ends after stop() has its messages released at once."""
+        poll: Future = Future()
+
+        def receive() -> None:
+            try:
+                poll.set_result(self._queue.receive(max_messages, self._settings.poll_wait_s))
+            except BaseException as error:
+                poll.set_exception(error)
+
+        threading.Thread(target=receive, name="receive", daemon=True).start()
+        wait([poll, self._stopped], return_when=FIRST_COMPLETED)
+        if not poll.done():
+            log.info("stopping with a receive in progress: whatever it brings is released")
+            poll.add_done_callback(self._release_late)
+            return []
+        return poll.result()
+
+    def _release_late(self, poll: Future) -> None:
+        for message in [] if poll.exception() else poll.result():
+            try:
+                self._queue.release(message)
+                outcome = Outcome("released", reason="received as the worker stopped")
+            except TransportError as error:
+                outcome = Outcome("failed", reason=str(error))
+            self._record(outcome, message, 0.0)
 
     def _take_free_slots(self) -> int:
         if not self._slots.acquire(timeout=0.5):
@@ -128,7 +158,7 @@ class QueueWorker:
             result, cacheable = self._compute(protocol, request)
             if result is None:
                 lease.release()
-                return Outcome("released", task, request)
+                return Outcome("released", task, request, reason="shutdown")
             protocol.answer(request, result, cacheable=cacheable)
             lease.delete()
         except (TransportError, OSError) as error:
