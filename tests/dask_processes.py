@@ -5,6 +5,7 @@ and a working directory of their own, as the Dask pods of a deployment have.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,9 @@ import time
 from pathlib import Path
 
 from distributed import Client
+
+import worker
+from worker.service.cluster import source_hash
 
 DASK = Path(sys.executable).with_name("dask")
 
@@ -136,3 +140,14 @@ def wait_until(condition, timeout_s: float, what: str):
         time.sleep(0.05)
     return value
 
+
+def another_build(directory: Path) -> tuple[str, str]:
+    """A copy of the worker package with one line of source added, as a build from another
+    commit with the same version number: the PYTHONPATH that runs it, and its build."""
+    package = directory / "another-build" / "worker"
+    shutil.copytree(
+        Path(worker.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    with open(package / "__init__.py", "a") as source:
+        source.write("\n# another build of the same version\n")
+    return str(package.parent), f"{worker.__version__}+{source_hash(package)}"

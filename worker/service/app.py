@@ -9,7 +9,7 @@ from distributed import Client
 
 from worker.local.emulator import Emulator, endpoint_listening, provision
 from worker.local.sample import seed_sample
-from worker.service.cluster import connect, start_local_cluster
+from worker.service.cluster import DaskConnection, connect, start_local_cluster
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
 from worker.service.signals import StopSignals
@@ -39,7 +39,7 @@ def stop_then_say(stop: Callable[[], None], what: str) -> None:
     print(f"stopped {what}", flush=True)
 
 
-def dask_client(settings: Settings, resources: ExitStack) -> Client:
+def dask_connection(settings: Settings, resources: ExitStack) -> DaskConnection:
     if settings.dask_scheduler_address:
         client = connect(settings.dask_scheduler_address)
         resources.callback(client.close)
@@ -50,24 +50,27 @@ def dask_client(settings: Settings, resources: ExitStack) -> Client:
         client = Client(cluster)
         resources.callback(client.close)
         print(f"started a Dask LocalCluster; dashboard: {client.dashboard_link}", flush=True)
-    return client
+    connection = DaskConnection(client, check_builds=bool(settings.dask_scheduler_address))
+    resources.callback(connection.close)
+    return connection
 
 
 @contextmanager
-def started(settings: Settings, *, prepare_sample: bool = True) -> Iterator[Client]:
+def started(settings: Settings, *, prepare_sample: bool = True) -> Iterator[DaskConnection]:
     """The emulator (in development), Dask and the seeded sample (prepared unless told not
     to); stopped in reverse on exit."""
     with ExitStack() as resources:
         start_emulator_if_needed(settings, resources)
-        client = dask_client(settings, resources)
+        dask = dask_connection(settings, resources)
         if settings.seed_sample:
-            seed_sample(settings, client, prepare=prepare_sample)
-        yield client
+            seed_sample(settings, dask.client, prepare=prepare_sample)
+        yield dask
 
 
 def serve(settings: Settings) -> int:
-    """Run the worker until SIGINT or SIGTERM; returns the exit status."""
-    with StopSignals() as signals, started(settings) as client, ExitStack() as resources:
+    """Run the worker until SIGINT or SIGTERM; returns the exit status. Raises ClusterMismatch
+    when the Dask cluster runs another build, at start or on connecting again."""
+    with StopSignals() as signals, started(settings) as dask, ExitStack() as resources:
         health = HealthServer(
             host="0.0.0.0" if settings.is_deployed else "127.0.0.1",
             port=settings.health_port or 0,
@@ -77,10 +80,13 @@ def serve(settings: Settings) -> int:
             health.start()
             resources.callback(health.stop)
             print(f"health and metrics on port {health.port}", flush=True)
+        health.add_check(dask.problem)
         queue = WorkQueue(settings)
-        worker = QueueWorker(settings, client, queue, [SeedProtocol(settings)], health)
+        worker = QueueWorker(settings, dask, queue, [SeedProtocol(settings)], health)
         signals.serving(worker.stop)
+        dask.on_refused(worker.stop)
         print(f"listening on {queue.url}", flush=True)
         worker.run()
+        dask.raise_if_refused()
     log.info("worker stopped")
     return 0

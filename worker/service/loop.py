@@ -10,10 +10,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-from distributed import Client
-
 from worker.errors import PoisonMessage, TaskFailed, TransportError, WorkerError
 from worker.jsonio import dumps
+from worker.service.cluster import DaskConnection, lost_with_the_cluster
 from worker.service.health import HealthServer
 from worker.settings import Settings
 from worker.tasks.base import TaskContext
@@ -29,7 +28,8 @@ class Outcome:
     """How the handling of one message ended: its one log line and its one metric."""
 
     # ok, error (answered with one), expired or cached (dropped unanswered), poison (moved to
-    # the dead-letter queue), released (given back at shutdown), failed (left for a retry).
+    # the dead-letter queue), released (given back at shutdown or when the Dask cluster went
+    # away), failed (left for a retry).
     kind: str
     task: str = "unknown"
     request: Request | None = None
@@ -44,13 +44,13 @@ class QueueWorker:
     def __init__(
         self,
         settings: Settings,
-        client: Client,
+        cluster: DaskConnection,
         queue: WorkQueue,
         protocols: Sequence[Protocol],
         health: HealthServer,
     ):
         self._settings = settings
-        self._client = client
+        self._cluster = cluster
         self._queue = queue
         self._protocols = protocols
         self._health = health
@@ -66,6 +66,14 @@ class QueueWorker:
         while not self._stopping.is_set():
             free = self._take_free_slots()
             if not free:
+                continue
+            if not self._cluster.usable():
+                # No cluster: receiving now would only spend receive counts. Looked at once a
+                # slot is free: a request the lost cluster took is released before its slot is.
+                for _unused in range(free):
+                    self._slots.release()
+                self._health.mark_polled()
+                self._cluster.wait_usable(self._stopping, timeout_s=1.0)
                 continue
             try:
                 messages = self._receive(free)
@@ -158,7 +166,8 @@ class QueueWorker:
             result, cacheable = self._compute(protocol, request)
             if result is None:
                 lease.release()
-                return Outcome("released", task, request, reason="shutdown")
+                reason = "shutdown" if self._stopping.is_set() else "the Dask cluster went away"
+                return Outcome("released", task, request, reason=reason)
             protocol.answer(request, result, cacheable=cacheable)
             lease.delete()
         except (TransportError, OSError) as error:
@@ -166,23 +175,33 @@ class QueueWorker:
         return Outcome("error" if result.code else "ok", task, request, result.code, result.size)
 
     def _compute(self, protocol: Protocol, request: Request) -> tuple[TaskResult | None, bool]:
-        """The request's result and whether it is cacheable; None if shutdown came first."""
+        """The request's result and whether it is cacheable; None if shutdown came first or the
+        Dask cluster went away with the computation."""
         if request.invalid is not None:
             return TaskResult.failed(request.invalid), False
         try:
             task, body = validated(protocol.tasks, request.body)
         except WorkerError as error:
             return TaskResult.failed(error), False
-        future = self._client.submit(
-            run_task,
-            task,
-            body,
-            TaskContext.for_experiment(self._settings, request.experiment_id),
-            protocol.delivery(request),
-            self._settings.shows_tracebacks,
-            key=f"{task.name}-{request.request_id[:64]}-{secrets.token_hex(4)}",
-            pure=False,
-        )
+        # Received while the cluster is away: held (the lease keeps it invisible) rather than
+        # released, which would spend a receive.
+        if not self._cluster.wait_usable(self._stopping):
+            return None, task.cacheable
+        try:
+            future = self._cluster.client.submit(
+                run_task,
+                task,
+                body,
+                TaskContext.for_experiment(self._settings, request.experiment_id),
+                protocol.delivery(request),
+                self._settings.shows_tracebacks,
+                key=f"{task.name}-{request.request_id[:64]}-{secrets.token_hex(4)}",
+                pure=False,
+            )
+        except Exception as error:
+            if lost_with_the_cluster(error):
+                return None, task.cacheable
+            raise
         return self._wait(future), task.cacheable
 
     def _wait(self, future) -> TaskResult | None:
@@ -195,7 +214,9 @@ class QueueWorker:
                     future.cancel()
                     return None
             except Exception as error:
-                # The Dask side failed (a worker died, the task was lost): answer, don't crash.
+                if lost_with_the_cluster(error):
+                    return None
+                # The Dask side failed (its Dask workers kept dying): answer, don't crash.
                 return TaskResult.failed(
                     TaskFailed(f"the computation failed: {type(error).__name__}: {error}")
                 )
