@@ -180,19 +180,23 @@ def test_a_scheduler_restart_is_survived_and_nothing_reaches_the_dead_letter_que
     )
     dask_workers = Supervised([dask_worker])
     health_port = free_port()
-    worker = None
-    scheduler.start()
-    dask_workers.start()
+    # One request at a time: no receive is in progress while a request is in flight.
+    environment = worker_environment(
+        settings,
+        DASK_SCHEDULER_ADDRESS=address,
+        WORKER_HEALTH_PORT=str(health_port),
+        WORKER_MAX_IN_FLIGHT="1",
+    )
+    # Started before its scheduler, as pods of a release may be: it waits for it.
+    worker = WorkerProcess(environment, tmp_path / "worker.log")
     try:
-        wait_for_workers(address, 1)
-        # One request at a time: no receive is in progress while a request is in flight.
-        environment = worker_environment(
-            settings,
-            DASK_SCHEDULER_ADDRESS=address,
-            WORKER_HEALTH_PORT=str(health_port),
-            WORKER_MAX_IN_FLIGHT="1",
+        wait_until(
+            lambda: f"waiting for the Dask scheduler at {address}" in worker.log(),
+            60,
+            "the worker waiting for its scheduler",
         )
-        worker = WorkerProcess(environment, tmp_path / "worker.log")
+        scheduler.start()
+        dask_workers.start()
         worker.wait_until_listening()
         api = ApiClient(settings)
         sqs = aws_client("sqs", settings.aws)
@@ -261,8 +265,7 @@ def test_a_scheduler_restart_is_survived_and_nothing_reaches_the_dead_letter_que
         dead_letter_url = sqs.get_queue_url(QueueName=settings.dead_letter_queue)["QueueUrl"]
         assert queue_counts(sqs, dead_letter_url) == (0, 0)
     finally:
-        if worker is not None:
-            worker.stop()
+        worker.stop()
         dask_workers.stop()
         scheduler.stop()
     assert worker.process.returncode == 0, worker.log()

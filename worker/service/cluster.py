@@ -130,10 +130,23 @@ def start_local_cluster(*, dashboard_address: str | None = None) -> LocalCluster
     )
 
 
-def connect(scheduler_address: str) -> Client:
+def connect(scheduler_address: str, *, wait_s: float = 60.0) -> Client:
     """A client of the scheduler, refused (ClusterMismatch) when the scheduler runs another build;
-    Dask workers of another build, there now or joining later, refuse themselves (BuildCheck)."""
-    client = Client(scheduler_address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    Dask workers of another build, there now or joining later, refuse themselves (BuildCheck).
+    A scheduler not up yet (started beside the worker) is waited for, trying with backoff, for
+    up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    backoff_s = FIRST_BACKOFF_S
+    while True:
+        try:
+            client = Client(scheduler_address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            break
+        except (OSError, TimeoutError) as error:
+            if time.monotonic() + backoff_s > deadline:
+                raise
+            log.warning("waiting for the Dask scheduler at %s: %s", scheduler_address, error)
+            time.sleep(backoff_s)
+            backoff_s = min(2 * backoff_s, MAX_BACKOFF_S)
     try:
         check_builds(client)
     except BaseException:
