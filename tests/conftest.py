@@ -11,6 +11,7 @@ from distributed import Client, LocalCluster
 
 from worker.local.client import ApiClient, make_request
 from worker.local.emulator import Emulator, provision
+from worker.local.redis_server import RedisServer
 from worker.service.cluster import DaskConnection
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
@@ -37,6 +38,13 @@ def emulator():
 
 
 @pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def dask_client():
     cluster = LocalCluster(
         n_workers=2,
@@ -59,6 +67,7 @@ def embedded_default_environment() -> dict[str, str]:
     return inherited | {
         "CLUSTER_ENV": "development",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "WORKER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "WORKER_POLL_WAIT": "1",
         # The test's own LocalCluster may hold the usual dashboard port.
         "DASK_WORKER__LOCAL_CLUSTER__DASHBOARD_ADDRESS": ":0",

@@ -121,6 +121,7 @@ def provision(settings: Settings) -> str:
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=results_arn)
     buckets = {
         settings.results_bucket,
+        *([settings.v2_results_bucket] if settings.v2_results_bucket else []),
         settings.processed_bucket,
         settings.cell_sets_bucket,
         *settings.source_buckets,

@@ -8,14 +8,18 @@ from urllib.parse import urlsplit
 from distributed import Client
 
 from worker.local.emulator import Emulator, endpoint_listening, provision
+from worker.local.redis_server import RedisServer
 from worker.local.sample import seed_sample
 from worker.service.cluster import DaskConnection, connect, start_local_cluster
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
 from worker.service.signals import StopSignals
 from worker.settings import Settings
+from worker.transport.protocol import Protocol
 from worker.transport.queue import WorkQueue
 from worker.transport.seed import SeedProtocol
+from worker.transport.socketio import SocketEmitter
+from worker.transport.v2 import V2Protocol
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,43 @@ def dask_connection(settings: Settings, resources: ExitStack) -> DaskConnection:
     return connection
 
 
+def start_redis_if_needed(settings: Settings, resources: ExitStack) -> None:
+    """In development and test, start a Redis server at the Redis URL unless one answers."""
+    if not settings.start_redis or settings.redis_url is None:
+        return
+    address = urlsplit(settings.redis_url)
+    if endpoint_listening(f"tcp://{address.hostname}:{address.port or 6379}"):
+        print(f"using the Redis server already listening at {settings.redis_url}", flush=True)
+        return
+    server = RedisServer(address.port or 6379)
+    resources.callback(server.stop)
+    print(f"started the embedded Redis server at {server.url}", flush=True)
+
+
+def protocols(settings: Settings, resources: ExitStack) -> list[Protocol]:
+    """The message formats served: the seed contract's, and Cellenics v2 where its results
+    bucket is known (its notifications go through Redis when one is named)."""
+    served: list[Protocol] = [SeedProtocol(settings)]
+    if not settings.v2_results_bucket:
+        log.warning("v2 requests are not served: set AWS_ACCOUNT_ID or WORKER_V2_RESULTS_BUCKET")
+        return served
+    emitter = None
+    if settings.redis_url:
+        emitter = SocketEmitter(settings.redis_url)
+        resources.callback(emitter.close)
+    else:
+        log.warning("WORKER_REDIS_URL is not set: v2 results are stored, but nobody is notified")
+    served.append(V2Protocol(settings, emitter))
+    return served
+
+
 @contextmanager
 def started(settings: Settings, *, prepare_sample: bool = True) -> Iterator[DaskConnection]:
-    """The emulator (in development), Dask and the seeded sample (prepared unless told not
-    to); stopped in reverse on exit."""
+    """The emulator and Redis (in development), Dask and the seeded sample (prepared unless
+    told not to); stopped in reverse on exit."""
     with ExitStack() as resources:
         start_emulator_if_needed(settings, resources)
+        start_redis_if_needed(settings, resources)
         dask = dask_connection(settings, resources)
         if settings.seed_sample:
             seed_sample(settings, dask.client, prepare=prepare_sample)
@@ -82,7 +117,7 @@ def serve(settings: Settings) -> int:
             print(f"health and metrics on port {health.port}", flush=True)
         health.add_check(dask.problem)
         queue = WorkQueue(settings)
-        worker = QueueWorker(settings, dask, queue, [SeedProtocol(settings)], health)
+        worker = QueueWorker(settings, dask, queue, protocols(settings, resources), health)
         signals.serving(worker.stop)
         dask.on_refused(worker.stop)
         print(f"listening on {queue.url}", flush=True)

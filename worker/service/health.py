@@ -31,10 +31,19 @@ class HealthServer:
     Each instance has its own metrics registry, so several can live in one process.
     """
 
-    def __init__(self, *, host: str, port: int, stale_after_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        stale_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._address = (host, port)
         self._stale_after_s = stale_after_s
-        self._last_poll = time.monotonic()
+        # The time staleness is measured in; tests pass a clock they move themselves.
+        self._clock = clock
+        self._last_poll = clock()
         self._checks: list[Callable[[], str | None]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -62,7 +71,7 @@ class HealthServer:
     def start(self) -> None:
         """Bind the port and serve from a daemon thread."""
         # The loop has not polled yet: give it stale_after_s from now before reporting stale.
-        self._last_poll = time.monotonic()
+        self._last_poll = self._clock()
         self._httpd = ThreadingHTTPServer(self._address, _handler_for(self))
         # serve_forever notices shutdown() only between polls: poll often so stop() returns at once.
         self._thread = threading.Thread(
@@ -92,7 +101,7 @@ class HealthServer:
 
     def mark_polled(self) -> None:
         """Record that the queue loop is alive: it has just received, or waits on purpose."""
-        self._last_poll = time.monotonic()
+        self._last_poll = self._clock()
 
     def add_check(self, check: Callable[[], str | None]) -> None:
         """Report unhealthy while `check` returns a reason (the first failing check's is shown)."""
@@ -105,7 +114,7 @@ class HealthServer:
             reason = check()
             if reason is not None:
                 return reason
-        if time.monotonic() - self._last_poll > self._stale_after_s:
+        if self._clock() - self._last_poll > self._stale_after_s:
             return "stale: the queue loop has not polled"
         return None
 

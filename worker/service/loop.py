@@ -5,10 +5,13 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from distributed import Client
 
 from worker.errors import PoisonMessage, TaskFailed, TransportError, WorkerError
 from worker.jsonio import dumps
@@ -21,6 +24,10 @@ from worker.transport.protocol import Protocol, Request, parse_message
 from worker.transport.queue import Lease, ReceivedMessage, WorkQueue
 
 log = logging.getLogger(__name__)
+
+# How often a computing request's protocol hears that it still runs (the platform's browsers
+# show it, and the v2 worker re-emits its status this often).
+HEARTBEAT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -187,24 +194,54 @@ class QueueWorker:
         # released, which would spend a receive.
         if not self._cluster.wait_usable(self._stopping):
             return None, task.cacheable
+        key = f"{task.name}-{request.request_id[:64]}-{secrets.token_hex(4)}"
+        context = TaskContext.for_experiment(
+            self._settings,
+            request.experiment_id,
+            api=protocol.platform_api(request),
+            progress_topic=f"progress-{key}",
+        )
+        protocol.started(request)
+        client = self._cluster.client
         try:
-            future = self._cluster.client.submit(
-                run_task,
-                task,
-                body,
-                TaskContext.for_experiment(self._settings, request.experiment_id),
-                protocol.delivery(request),
-                self._settings.shows_tracebacks,
-                key=f"{task.name}-{request.request_id[:64]}-{secrets.token_hex(4)}",
-                pure=False,
-            )
+            with self._progress_of(client, context.progress_topic) as progress:
+                future = client.submit(
+                    run_task,
+                    task,
+                    body,
+                    context,
+                    protocol.delivery(request, task),
+                    self._settings.shows_tracebacks,
+                    key=key,
+                    pure=False,
+                )
+                result = self._wait(
+                    future, lambda: protocol.heartbeat(request, progress.get("latest"))
+                )
         except Exception as error:
             if lost_with_the_cluster(error):
                 return None, task.cacheable
             raise
-        return self._wait(future), task.cacheable
+        return result, task.cacheable
 
-    def _wait(self, future) -> TaskResult | None:
+    @contextmanager
+    def _progress_of(self, client: Client, topic: str) -> Iterator[dict]:
+        """The latest progress a task reports on `topic`, kept up to date while in the block."""
+        progress: dict = {}
+
+        def keep(event: tuple) -> None:
+            progress["latest"] = event[1]
+
+        client.subscribe_topic(topic, keep)
+        try:
+            yield progress
+        finally:
+            client.unsubscribe_topic(topic)
+
+    def _wait(self, future, heartbeat: Callable[[], None]) -> TaskResult | None:
+        """The task's result; None if the shutdown grace period ended first. `heartbeat` is
+        called every HEARTBEAT_S while waiting."""
+        next_beat = time.monotonic() + HEARTBEAT_S
         while True:
             until_release = max(0.1, self._release_at - time.monotonic())
             try:
@@ -213,6 +250,12 @@ class QueueWorker:
                 if self._stopping.is_set() and time.monotonic() > self._release_at:
                     future.cancel()
                     return None
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + HEARTBEAT_S
+                    try:
+                        heartbeat()
+                    except TransportError as error:
+                        log.warning("a heartbeat was not sent: %s", error)
             except Exception as error:
                 if lost_with_the_cluster(error):
                     return None

@@ -28,3 +28,6 @@ TASKS: dict[str, Task] = {
         prepare_experiment.TASK,
     )
 }
+
+# The Cellenics v2 protocol's tasks (CELLENICS-V2.md section 3).
+V2_TASKS: dict[str, Task] = {task.name: task for task in (get_mitochondrial_content.V2_TASK,)}
