@@ -1,7 +1,7 @@
-"""`python -m worker` on its embedded defaults (its own AWS emulator and LocalCluster), stopped by
-SIGTERM or SIGINT sent to it alone or to its whole process group, as a terminal's Ctrl-C or a
-supervisor does: idle or with a request in flight, it exits 0, answers or gives back the request,
-stops the cluster and then the emulator, and leaves no process behind."""
+"""`python -m worker` on its embedded defaults (its own AWS emulator, Redis and LocalCluster),
+stopped by SIGTERM or SIGINT sent to it alone or to its whole process group, as a terminal's
+Ctrl-C or a supervisor does: idle or with a request in flight, it exits 0, answers or gives back
+the request, stops the cluster and then Redis and the emulator, and leaves no process behind."""
 
 import contextlib
 import os
@@ -103,10 +103,15 @@ def started(tmp_path):
 
 
 def assert_stopped_in_order(worker: EmbeddedWorker) -> None:
-    """Exit 0, the cluster stopped before the emulator, and no process of its left."""
+    """Exit 0, the cluster stopped before Redis and the emulator, and no process of its left."""
     output = worker.log()
     assert worker.process.returncode == 0, output
-    stops = ["stopped the Dask LocalCluster", "stopped the embedded AWS emulator", "worker stopped"]
+    stops = [
+        "stopped the Dask LocalCluster",
+        "stopped the embedded Redis server",
+        "stopped the embedded AWS emulator",
+        "worker stopped",
+    ]
     assert all(stop in output for stop in stops), output
     assert sorted(stops, key=output.index) == stops
     assert "Connection refused" not in output
@@ -118,13 +123,16 @@ def assert_stopped_in_order(worker: EmbeddedWorker) -> None:
 
 
 def assert_children_out_of_the_group(worker: EmbeddedWorker) -> None:
-    """The emulator and the Dask worker process are out of reach of the worker's process group
-    (multiprocessing's resource tracker ignores SIGINT and SIGTERM by itself)."""
+    """The emulator, Redis and the Dask worker process are out of reach of the worker's process
+    group (multiprocessing's resource tracker ignores SIGINT and SIGTERM by itself)."""
     session = os.getsid(worker.process.pid)
-    emulator = worker.child("-m", "worker.local.emulator")
-    dask_worker = worker.child("multiprocessing.spawn")
-    assert os.getsid(emulator.pid) == emulator.pid != session
-    assert os.getsid(dask_worker.pid) == dask_worker.pid != session
+    for child in (
+        worker.child("-m", "worker.local.emulator"),
+        worker.child("-m", "worker.local.redis_server"),
+        worker.child("multiprocessing.spawn"),
+    ):
+        assert os.getsid(child.pid) == child.pid != session
+    assert os.getsid(worker.child("redis-server").pid) != session
 
 
 @pytest.mark.parametrize(

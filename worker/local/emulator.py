@@ -3,7 +3,6 @@
 import logging
 import os
 import socket
-import subprocess
 import sys
 import time
 from urllib.parse import urlsplit
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 from botocore.exceptions import ClientError
 
 from worker.jsonio import dumps
+from worker.local.children import start_child, stop_child, wait_until_stdin_closes
 from worker.settings import Settings
 from worker.transport.aws import aws_client
 
@@ -27,23 +27,12 @@ def endpoint_listening(url: str, timeout_s: float = 0.5) -> bool:
 
 
 class Emulator:
-    """moto's server in a child process, bound to 127.0.0.1 only.
-
-    The child has a session of its own, so a terminal's Ctrl-C or a signal to the worker's
-    process group does not stop it before the worker is done with it; it stops when its standard
-    input closes: when `stop()` closes it, or when this process dies.
-    """
+    """moto's server in a child process (worker/local/children.py), bound to 127.0.0.1 only."""
 
     def __init__(self, port: int):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "worker.local.emulator", str(port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self._process = start_child("worker.local.emulator", str(port))
         deadline = time.monotonic() + 30
         while not endpoint_listening(self.url, timeout_s=0.2):
             if self._process.poll() is not None or time.monotonic() > deadline:
@@ -52,13 +41,7 @@ class Emulator:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.stdin.close()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_child(self._process)
 
 
 def serve_until_stdin_closes(port: int) -> None:
@@ -70,7 +53,7 @@ def serve_until_stdin_closes(port: int) -> None:
     os.environ.setdefault("MOTO_PORT", str(port))
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    sys.stdin.buffer.read()
+    wait_until_stdin_closes()
     server.stop()
 
 

@@ -68,7 +68,7 @@ def start_redis_if_needed(settings: Settings, resources: ExitStack) -> None:
         print(f"using the Redis server already listening at {settings.redis_url}", flush=True)
         return
     server = RedisServer(address.port or 6379)
-    resources.callback(server.stop)
+    resources.callback(stop_then_say, server.stop, "the embedded Redis server")
     print(f"started the embedded Redis server at {server.url}", flush=True)
 
 
