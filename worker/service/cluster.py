@@ -35,8 +35,9 @@ AGREEING_PACKAGES = (
     "s3fs",
 )
 
-# How often the connection's watcher looks at the client, and the longest pause between two
-# attempts to connect again.
+# How often the connection's watcher looks at the client; the pause between two attempts to
+# connect, doubling from the first to the longest; how long one attempt (and Dask's client
+# trying again by itself after a loss) lasts.
 WATCH_EVERY_S = 0.2
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
