@@ -200,6 +200,7 @@ class QueueWorker:
             request.experiment_id,
             api=protocol.platform_api(request),
             progress_topic=f"progress-{key}",
+            result_file=protocol.result_file(request, task),
         )
         protocol.started(request)
         client = self._cluster.client

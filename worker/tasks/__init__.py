@@ -1,15 +1,19 @@
 """The task registry: each contract's tasks by `body.name`."""
 
 from worker.tasks import (
+    cell_cycle_scoring,
     cluster_cells,
     differential_expression,
     gene_expression,
     get_doublet_score,
     get_embedding,
     get_mitochondrial_content,
+    get_normalized_expression,
     list_genes,
     marker_heatmap,
     prepare_experiment,
+    sctype_annotate,
+    trajectory_analysis,
 )
 from worker.tasks.base import Task
 
@@ -30,4 +34,14 @@ TASKS: dict[str, Task] = {
 }
 
 # The Cellenics v2 protocol's tasks (CELLENICS-V2.md section 3).
-V2_TASKS: dict[str, Task] = {task.name: task for task in (get_mitochondrial_content.V2_TASK,)}
+V2_TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        cell_cycle_scoring.V2_TASK,
+        get_mitochondrial_content.V2_TASK,
+        get_normalized_expression.V2_TASK,
+        sctype_annotate.V2_TASK,
+        trajectory_analysis.STARTING_NODES_TASK,
+        trajectory_analysis.PSEUDO_TIME_TASK,
+    )
+}

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from worker.errors import PoisonMessage, WorkerError
 from worker.store.cell_sets import PlatformApi
+from worker.store.result_file import ResultFile
 from worker.tasks.base import Task
 from worker.tasks.dispatch import Delivery, TaskResult
 
@@ -89,6 +90,11 @@ class Protocol(ABC):
 
     def platform_api(self, request: Request) -> PlatformApi | None:
         """The platform's API that applies this request's cell set changes, if it does."""
+        return None
+
+    def result_file(self, request: Request, task: Task) -> ResultFile | None:
+        """Where a task that writes its result as a file writes it, if this protocol offers
+        that."""
         return None
 
     @abstractmethod
