@@ -12,6 +12,7 @@ from distributed import Client, LocalCluster
 from worker.local.client import ApiClient, make_request
 from worker.local.emulator import Emulator, provision
 from worker.local.redis_server import RedisServer
+from worker.service.cluster import DaskConnection
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
 from worker.settings import Settings, load_settings
@@ -106,8 +107,9 @@ class RunningWorker:
         self.sqs = aws_client("sqs", settings.aws)
         self.queue = WorkQueue(settings)
         self.health = HealthServer(host="127.0.0.1", port=0, stale_after_s=30)
+        self.dask = DaskConnection(client, check_builds=False)
         self.worker = QueueWorker(
-            settings, client, self.queue, protocols or [SeedProtocol(settings)], self.health
+            settings, self.dask, self.queue, protocols or [SeedProtocol(settings)], self.health
         )
         self.api = ApiClient(settings)
         self._thread = threading.Thread(target=self.worker.run, daemon=True)
@@ -126,6 +128,7 @@ class RunningWorker:
         self.worker.stop()
         self._thread.join(timeout=60)
         assert not self._thread.is_alive()
+        self.dask.close()
 
 
 @pytest.fixture

@@ -291,11 +291,11 @@ def run_demo(settings: Settings, out_dir: Path) -> int:
     # A short poll lets the worker stop within a second once the demo is done.
     settings = settings.model_copy(update={"seed_sample": True, "poll_wait_s": 1})
     # The demo's own first request prepares the sample, through the queue.
-    with started(settings, prepare_sample=False) as dask_client, ExitStack() as resources:
+    with started(settings, prepare_sample=False) as dask, ExitStack() as resources:
         health = HealthServer(host="127.0.0.1", port=0, stale_after_s=60)
         queue = WorkQueue(settings)
         served = protocols(settings, resources)
-        worker = QueueWorker(settings, dask_client, queue, served, health)
+        worker = QueueWorker(settings, dask, queue, served, health)
         serving = threading.Thread(target=worker.run, name="demo-worker")
         serving.start()
         try:
