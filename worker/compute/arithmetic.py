@@ -51,3 +51,9 @@ def scale(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """`pp.scale(max_value=10)` of float64 `values` with the given (broadcast) parameters."""
     scaled = (values - mean) / std
     return np.clip(scaled, -SCALE_MAX_VALUE, SCALE_MAX_VALUE, out=scaled)
+
+
+def counts_in_cells(counts_by_gene_block, in_cells: np.ndarray) -> np.ndarray:
+    """Each gene's counts summed over the cells where `in_cells` is true (float64, exact for
+    counts); the block is cells x genes."""
+    return np.asarray(in_cells, dtype=np.float64) @ counts_by_gene_block

@@ -1,9 +1,11 @@
 """The task registry: each contract's tasks by `body.name`."""
 
 from worker.tasks import (
+    batch_differential_expression,
     cluster_cells,
     differential_expression,
     gene_expression,
+    get_background_expressed_genes,
     get_doublet_score,
     get_embedding,
     get_mitochondrial_content,
@@ -30,4 +32,13 @@ TASKS: dict[str, Task] = {
 }
 
 # The Cellenics v2 protocol's tasks (CELLENICS-V2.md section 3).
-V2_TASKS: dict[str, Task] = {task.name: task for task in (get_mitochondrial_content.V2_TASK,)}
+V2_TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        get_mitochondrial_content.V2_TASK,
+        # Comparisons of groups of cells.
+        batch_differential_expression.V2_TASK,
+        differential_expression.V2_TASK,
+        get_background_expressed_genes.V2_TASK,
+    )
+}
