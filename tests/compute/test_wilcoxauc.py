@@ -4,10 +4,9 @@ approximation with continuity correction, which is presto's p-value) on the same
 import itertools
 
 import numpy as np
-import pandas as pd
 import pytest
-from scipy import stats
 
+from tests.compute.presto import pandas_top_markers, presto_reference
 from tests.compute.synthetic import log_normalised_anndata
 from worker.compute.rank import NO_GROUP
 from worker.compute.wilcoxauc import (
@@ -36,21 +35,6 @@ def blockwise(counts, labellings, n_blocks):
             for start, stop in itertools.pairwise(bounds)
         ]
     )
-
-
-def presto_reference(values: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Each group against the other grouped cells, gene by gene with scipy (groups x genes)."""
-    columns = {name: [] for name in ("pval", "auc", "logFC", "pct_in", "pct_out", "padj")}
-    for group in range(labels.max() + 1):
-        inside, outside = values[labels == group], values[(labels != group) & (labels != NO_GROUP)]
-        test = stats.mannwhitneyu(inside, outside, axis=0, method="asymptotic", use_continuity=True)
-        columns["pval"].append(test.pvalue)
-        columns["auc"].append(test.statistic / (len(inside) * len(outside)))
-        columns["logFC"].append(inside.mean(axis=0) - outside.mean(axis=0))
-        columns["pct_in"].append(100 * (inside > 0).mean(axis=0))
-        columns["pct_out"].append(100 * (outside > 0).mean(axis=0))
-        columns["padj"].append(stats.false_discovery_control(test.pvalue, method="bh"))
-    return {name: np.array(rows) for name, rows in columns.items()}
 
 
 def assert_equals_reference(statistics, reference):
@@ -110,24 +94,6 @@ def test_the_base_table_is_group_zero_with_no_zero_adjusted_p():
     assert table["p_val_adj"].tolist() == [SMALLEST_DOUBLE, 0.5] == [2.2250738585072014e-308, 0.5]
     assert table["pct_1"].tolist() == [50.0, 10.0] and table["pct_2"].tolist() == [5.0, 1.0]
     assert table["logFC"].tolist() == [1.0, -1.0] and table["auc"].tolist() == [0.9, 0.4]
-
-
-def pandas_top_markers(statistics: dict[str, np.ndarray], n_genes: int) -> list[int]:
-    """The platform's R `getTopMarkerGenes` with pandas: presto's rows (group-major), filter,
-    stable sorts, first of each feature, head per group."""
-    n_groups, n_features = statistics["pval"].shape
-    rows = pd.DataFrame(
-        {
-            "group": np.repeat(np.arange(n_groups), n_features),
-            "feature": np.tile(np.arange(n_features), n_groups),
-        }
-        | {name: statistics[name].ravel() for name in ("pval", "logFC", "auc", "pct_in", "pct_out")}
-    )
-    rows = rows[(rows.logFC > 0) & (rows.auc >= 0.3) & (rows.pct_in >= 20) & (rows.pct_out <= 70)]
-    rows = rows.sort_values("pval", kind="stable").drop_duplicates("feature", keep="first")
-    rows = rows.assign(negative_logFC=-rows.logFC).sort_values("negative_logFC", kind="stable")
-    rows = rows.groupby("group", sort=False).head(n_genes).sort_values("group", kind="stable")
-    return rows.feature.tolist()
 
 
 def test_top_markers_equal_the_platforms_steps_with_ties():
