@@ -4,6 +4,7 @@ from worker.tasks import (
     batch_differential_expression,
     cluster_cells,
     differential_expression,
+    dot_plot,
     gene_expression,
     get_background_expressed_genes,
     get_doublet_score,
@@ -39,6 +40,8 @@ V2_TASKS: dict[str, Task] = {
         # Comparisons of groups of cells.
         batch_differential_expression.V2_TASK,
         differential_expression.V2_TASK,
+        dot_plot.V2_TASK,
         get_background_expressed_genes.V2_TASK,
+        marker_heatmap.V2_TASK,
     )
 }
