@@ -78,16 +78,80 @@ def sets(prepared_synthetic, session_settings, synthetic_dataset) -> dict[str, n
     return {child: ids for children in hierarchies.values() for child, ids in children.items()}
 
 
-def ask(client: V2Client, body: dict, **fields):
-    message = client.message(body, SYNTHETIC_EXPERIMENT, **fields)
-    client.send(message)
-    return client.answer(message)
-
-
 def de_body(cell_set_key: str, compare_with: str, basis: str = "all", **extra) -> dict:
     return {"name": "DifferentialExpression", "experimentId": SYNTHETIC_EXPERIMENT,
             "cellSet": cell_set_key, "compareWith": compare_with, "basis": basis,
             "comparisonType": "within", **extra}  # fmt: skip
+
+
+# "gene" with characters the platform strips: matches GENE... (any case).
+PAGE = {
+    "orderBy": "auc", "orderDirection": "DESC", "offset": 5, "limit": 20, "responseKey": 0,
+    "filters": [
+        {"columnName": "gene_names", "type": "text", "expression": "(g.e*ne)"},
+        {"columnName": "pct_1", "type": "numeric", "comparison": "greaterThan", "value": 12},
+        {"columnName": "Gene", "type": "numeric", "comparison": "lessThan", "value": 3},
+    ],
+}  # fmt: skip
+# An older API's top-level pagination, ascending by gene name, with a numeric filter.
+OLDER_PAGE = {
+    "orderBy": "gene_names", "orderDirection": "ASC", "offset": 0, "limit": 1000,
+    "filters": [{"columnName": "logFC", "comparison": "lessThan", "value": 0}],
+}  # fmt: skip
+BATCH = {
+    "name": "BatchDifferentialExpression", "experimentId": SYNTHETIC_EXPERIMENT,
+    "basis": ["all"], "cellSet": ["v2de-4", "v2custom-empty", "v2de-5"],
+    "compareWith": "background", "comparisonType": "within",
+}  # fmt: skip
+# Every request of the module, sent at once so that they compute while the references do:
+# name -> (body, fields of the message).
+REQUESTS = {
+    "rest": (de_body("v2de-0", "rest"), {}),
+    "class": (de_body("v2pair", "background", basis="v2custom-even"), {}),
+    "overlap": (de_body("v2custom-a", "rest"), {}),
+    "page": (de_body("v2de-2", "rest"), {"request_props": {"pagination": PAGE}}),
+    "older page": (de_body("v2de-2", "rest"), {"pagination": OLDER_PAGE}),
+    "genes only": (
+        de_body("v2de-3", "rest", genesOnly=True),
+        {"request_props": {"pagination": {"orderBy": "logFC", "orderDirection": "DESC",
+                                          "offset": 0, "limit": 7, "responseKey": 0}}},
+    ),
+    "batch": (BATCH, {}),
+    "batch per group": (
+        BATCH | {"basis": ["v2custom-a", "v2custom-b"], "cellSet": ["v2de-1"],
+                 "compareWith": "v2de-0"},
+        {},
+    ),
+    "background genes": (
+        {"name": "GetBackgroundExpressedGenes", "experimentId": SYNTHETIC_EXPERIMENT,
+         "cellSet": "v2custom-a", "compareWith": "v2custom-b", "basis": "v2custom-even",
+         "comparisonType": "within"},
+        {},
+    ),
+    "empty first": (de_body("v2custom-empty", "rest"), {}),
+    "same set": (de_body("v2custom-a", "v2custom-a"), {}),
+    "class rest": (de_body("v2pair", "rest"), {}),
+    "between": (de_body("v2de-0", "v2de-1", comparisonType="between"), {}),
+    "no set": (de_body("v2de-0", "no-such-set"), {}),
+    "no compareWith": ({"name": "DifferentialExpression", "cellSet": "v2de-0"}, {}),
+    "bad regex": (
+        de_body("v2de-0", "rest"),
+        {"request_props": {"pagination": {"filters": [{"columnName": "gene_names",
+                                                       "expression": "[a"}]}}},
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def answers(client, sets):
+    """`answers(name)`: the answer to REQUESTS[name]; all are sent when the module starts."""
+    messages = {
+        name: client.message(body, SYNTHETIC_EXPERIMENT, **fields)
+        for name, (body, fields) in REQUESTS.items()
+    }
+    for message in messages.values():
+        client.send(message)
+    return lambda name: client.answer(messages[name])
 
 
 def reference_table(values: np.ndarray, adata, base: np.ndarray, background: np.ndarray):
@@ -134,8 +198,8 @@ def platform_groups(first, second, basis=None, *, overlap_dropped=True):
     return first, second
 
 
-def test_rest_is_the_siblings_and_matches_presto(client, adata, values, sets):
-    answer = ask(client, de_body("v2de-0", "rest"))
+def test_rest_is_the_siblings_and_matches_presto(answers, adata, values, sets):
+    answer = answers("rest")
 
     base = sets["v2de-0"]
     background = np.concatenate([sets[f"v2de-{label}"] for label in range(1, 6)])
@@ -162,10 +226,10 @@ def test_rest_is_the_siblings_and_matches_presto(client, adata, values, sets):
     )
 
 
-def test_a_class_against_the_background_within_a_basis(client, adata, values, sets):
+def test_a_class_against_the_background_within_a_basis(answers, adata, values, sets):
     """A class key is the union of its children; background is every other cell of any
     class; the basis cuts both."""
-    answer = ask(client, de_body("v2pair", "background", basis="v2custom-even"))
+    answer = answers("class")
 
     first = np.concatenate([sets["v2pair-0"], sets["v2pair-1"]])
     even = sets["v2custom-even"]
@@ -174,10 +238,10 @@ def test_a_class_against_the_background_within_a_basis(client, adata, values, se
     assert_table_equals(answer.result["data"], reference_table(values, adata, base, background))
 
 
-def test_overlapping_sets_drop_shared_cells_from_both(client, adata, values, sets):
+def test_overlapping_sets_drop_shared_cells_from_both(answers, adata, values, sets):
     """Issue 16 item 5: `rest` of a custom set whose siblings overlap it, as the platform
     reads it; the old rule (shared cells kept in the first group) differs in most rows."""
-    answer = ask(client, de_body("v2custom-a", "rest"))
+    answer = answers("overlap")
 
     siblings = np.concatenate([sets["v2custom-b"], sets["v2custom-even"]])
     base, background = platform_groups(sets["v2custom-a"], np.unique(siblings))
@@ -204,43 +268,25 @@ def expected_page(table: pd.DataFrame, pattern: str, column: str, above: float, 
     return kept.assign(key=-kept[order_by]).sort_values("key", kind="stable").drop(columns="key")
 
 
-def test_pagination_filters_sorts_and_pages(client, adata, values, sets):
+def test_pagination_filters_sorts_and_pages(answers, adata, values, sets):
     base = sets["v2de-2"]
     background = np.concatenate([sets[f"v2de-{label}"] for label in (0, 1, 3, 4, 5)])
     table = reference_table(values, adata, base, background)
-    # "gene" with characters the platform strips: matches GENE... (any case).
-    pagination = {
-        "orderBy": "auc", "orderDirection": "DESC", "offset": 5, "limit": 20, "responseKey": 0,
-        "filters": [
-            {"columnName": "gene_names", "type": "text", "expression": "(g.e*ne)"},
-            {"columnName": "pct_1", "type": "numeric", "comparison": "greaterThan", "value": 12},
-            {"columnName": "Gene", "type": "numeric", "comparison": "lessThan", "value": 3},
-        ],
-    }  # fmt: skip
-    answer = ask(client, de_body("v2de-2", "rest"), request_props={"pagination": pagination})
 
+    answer = answers("page")
     expected = expected_page(table, "(g.e*ne)", "pct_1", 12, "auc")
     assert 25 < len(expected) < adata.n_vars
     assert answer.result["total"] == len(expected)
     assert_table_equals(answer.result["data"], expected.iloc[5:25])
 
-    # An older API's top-level pagination, ascending by gene name, with a numeric filter.
-    older = {
-        "orderBy": "gene_names", "orderDirection": "ASC", "offset": 0, "limit": 1000,
-        "filters": [{"columnName": "logFC", "comparison": "lessThan", "value": 0}],
-    }  # fmt: skip
-    answer = ask(client, de_body("v2de-2", "rest"), pagination=older)
+    answer = answers("older page")
     expected = table[table.logFC < 0].sort_values("gene_names", kind="stable")
     assert answer.result["total"] == len(expected) > 0
     assert_table_equals(answer.result["data"], expected)
 
 
-def test_genes_only_lists_the_first_names(client, adata, values, sets):
-    pagination = {"orderBy": "logFC", "orderDirection": "DESC", "offset": 0, "limit": 7,
-                  "responseKey": 0}  # fmt: skip
-    answer = ask(
-        client, de_body("v2de-3", "rest", genesOnly=True), request_props={"pagination": pagination}
-    )
+def test_genes_only_lists_the_first_names(answers, adata, values, sets):
+    answer = answers("genes only")
     background = np.concatenate([sets[f"v2de-{label}"] for label in (0, 1, 2, 4, 5)])
     table = reference_table(values, adata, sets["v2de-3"], background)
     top = table.assign(key=-table.logFC).sort_values("key", kind="stable").head(7)
@@ -251,40 +297,27 @@ def test_genes_only_lists_the_first_names(client, adata, values, sets):
 
 
 @pytest.mark.parametrize(
-    ("body", "request_props", "code", "message"),
+    ("request_name", "code", "message"),
     [
-        (de_body("v2custom-empty", "rest"), None, "INVALID_INPUT",
-         "No cell id fullfills the 1st cell set."),
-        (de_body("v2custom-a", "v2custom-a"), None, "INVALID_INPUT",
-         "No cell id fullfills the 1st cell set."),
-        (de_body("v2pair", "rest"), None, "INVALID_INPUT",
-         "No cell id fullfills the 2nd cell set."),
-        (de_body("v2de-0", "v2de-1", comparisonType="between"), None, "INVALID_INPUT",
-         "not yet supported"),
-        (de_body("v2de-0", "no-such-set"), None, "INVALID_INPUT", "no-such-set"),
-        ({"name": "DifferentialExpression", "cellSet": "v2de-0"}, None, "INVALID_INPUT",
-         "body.compareWith"),
-        (de_body("v2de-0", "rest"),
-         {"pagination": {"filters": [{"columnName": "gene_names", "expression": "[a"}]}},
-         "INVALID_INPUT", "regular expression"),
+        ("empty first", "INVALID_INPUT", "No cell id fullfills the 1st cell set."),
+        ("same set", "INVALID_INPUT", "No cell id fullfills the 1st cell set."),
+        ("class rest", "INVALID_INPUT", "No cell id fullfills the 2nd cell set."),
+        ("between", "INVALID_INPUT", "not yet supported"),
+        ("no set", "INVALID_INPUT", "no-such-set"),
+        ("no compareWith", "INVALID_INPUT", "body.compareWith"),
+        ("bad regex", "INVALID_INPUT", "regular expression"),
     ],
-)  # fmt: skip
-def test_errors(client, sets, body, request_props, code, message):
-    answer = ask(client, body, request_props=request_props)
-    response = answer.notification["response"]
+)
+def test_errors(answers, request_name, code, message):
+    response = answers(request_name).notification["response"]
     assert response["error"] is True and response["errorCode"] == code
     assert message in response["userMessage"]
 
 
-def test_batch_pairs_in_one_pass(client, adata, values, sets):
+def test_batch_pairs_in_one_pass(answers, adata, values, sets):
     """The UI's "fullList" (one basis, each cell set against the background) with a pair that
     has no cells, and its per-group form (each basis against one cell set)."""
-    full_list = {
-        "name": "BatchDifferentialExpression", "experimentId": SYNTHETIC_EXPERIMENT,
-        "basis": ["all"], "cellSet": ["v2de-4", "v2custom-empty", "v2de-5"],
-        "compareWith": "background", "comparisonType": "within",
-    }  # fmt: skip
-    answer = ask(client, full_list)
+    answer = answers("batch")
 
     assert [row["total"] for row in answer.result] == [adata.n_vars, 0, adata.n_vars]
     assert answer.result[1]["data"] == "No cell id fullfills the 1st cell set."
@@ -292,10 +325,7 @@ def test_batch_pairs_in_one_pass(client, adata, values, sets):
         background = np.setdiff1d(np.arange(adata.n_obs), sets[key])
         assert_table_equals(row["data"], reference_table(values, adata, sets[key], background))
 
-    per_group = full_list | {
-        "basis": ["v2custom-a", "v2custom-b"], "cellSet": ["v2de-1"], "compareWith": "v2de-0",
-    }  # fmt: skip
-    answer = ask(client, per_group)
+    answer = answers("batch per group")
     assert len(answer.result) == 2
     for row, basis in zip(answer.result, ("v2custom-a", "v2custom-b"), strict=True):
         base, background = platform_groups(sets["v2de-1"], sets["v2de-0"], sets[basis])
@@ -303,13 +333,10 @@ def test_batch_pairs_in_one_pass(client, adata, values, sets):
         assert_table_equals(row["data"], reference_table(values, adata, base, background))
 
 
-def test_background_expressed_genes(client, adata, sets, prepared_synthetic, session_settings):
+def test_background_expressed_genes(answers, adata, sets, prepared_synthetic, session_settings):
     store = zarr_store(prepared_synthetic["store"], session_settings.aws, read_only=True)
     counts = ad.read_zarr(store).X
-    body = {"name": "GetBackgroundExpressedGenes", "experimentId": SYNTHETIC_EXPERIMENT,
-            "cellSet": "v2custom-a", "compareWith": "v2custom-b", "basis": "v2custom-even",
-            "comparisonType": "within"}  # fmt: skip
-    answer = ask(client, body)
+    answer = answers("background genes")
 
     base, background = platform_groups(
         sets["v2custom-a"], sets["v2custom-b"], sets["v2custom-even"]
