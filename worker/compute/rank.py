@@ -1,9 +1,10 @@
-"""Differential expression of two groups of cells, one gene block at a time.
+"""Differential expression of groups of cells, one gene block at a time.
 
-Equal to `sc.tl.rank_genes_groups(groups=[g1], reference=g2 or "rest", use_raw=False,
-tie_correct=False)` on log-normalised data, computed from CSC blocks of raw counts. Every
-statistic of a gene depends on that gene alone, except the Benjamini-Hochberg adjustment,
-which `adjust_pvalues` applies once to the p-values of all genes.
+`rank_gene_block` equals `sc.tl.rank_genes_groups(groups=[g1], reference=g2 or "rest",
+use_raw=False, tie_correct=False)` on log-normalised data, computed from CSC blocks of raw
+counts. Every statistic of a gene depends on that gene alone, except the Benjamini-Hochberg
+adjustment, which `adjust_pvalues` applies once to the p-values of all genes. Its kernel,
+`group_sums`, serves any number of groups (presto's statistics, `compute/wilcoxauc`).
 """
 
 from typing import Literal
