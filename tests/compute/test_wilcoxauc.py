@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from tests.compute.presto import pandas_top_markers, presto_reference
+from tests.compute.presto import pandas_top_markers, presto_formula, presto_reference
 from tests.compute.synthetic import log_normalised_anndata
 from worker.compute.rank import NO_GROUP
 from worker.compute.wilcoxauc import (
@@ -62,6 +62,17 @@ def test_several_labellings_in_one_pass_equal_scipy(counts_and_clusters, n_block
         assert_equals_reference(statistics, presto_reference(values, labels))
     # The first gene is never expressed: all its cells tie, p is 1 (presto's newest, scipy's).
     assert np.all(wilcoxauc(sums[1], group_sizes(pair))["pval"][:, 0] == 1)
+
+
+def test_the_formula_write_out_equals_scipy(counts_and_clusters):
+    """The faster reference the task tests use for many groups is scipy's test."""
+    counts, clusters = counts_and_clusters
+    values = log_normalised_anndata(counts).X.toarray().astype(np.float64)
+    labels = clusters.astype(np.int32)
+    labels[::7] = NO_GROUP
+    formula, scipy_test = presto_formula(values, labels), presto_reference(values, labels)
+    for name, expected in scipy_test.items():
+        np.testing.assert_allclose(formula[name], expected, rtol=1e-9, atol=1e-15)
 
 
 def test_the_tie_term_counts_every_tie_block_and_the_zeros(counts_and_clusters):
