@@ -128,6 +128,7 @@ def group_sums(gene_starts, log_values, groups, group_sizes, rank):
     value_bits = log_values.view(np.uint32)
     sums = np.zeros((4, n_groups, n_genes))
     ties = np.zeros(n_genes)
+    rank_sums = np.empty(n_groups)
     for gene in range(n_genes):
         start, stop = gene_starts[gene], gene_starts[gene + 1]
         for entry in range(start, stop):
@@ -141,9 +142,7 @@ def group_sums(gene_starts, log_values, groups, group_sizes, rank):
         zeros = n_cells - (stop - start)
         ties[gene] = float(zeros) ** 3 - zeros
         for group in range(n_groups):
-            sums[RANK_SUM, group, gene] = (
-                (group_sizes[group] - sums[NONZERO, group, gene]) * (zeros + 1) / 2.0
-            )
+            rank_sums[group] = (group_sizes[group] - sums[NONZERO, group, gene]) * (zeros + 1) / 2.0
         keys = np.empty(stop - start, np.uint64)
         for entry in range(start, stop):
             keys[entry - start] = (np.uint64(value_bits[entry]) << np.uint64(32)) | np.uint64(
@@ -159,10 +158,11 @@ def group_sums(gene_starts, log_values, groups, group_sizes, rank):
             # Ranks tie_start + 1 .. tie_end above the zeros average to this.
             tie_rank = zeros + (tie_start + tie_end + 1) / 2.0
             for position in range(tie_start, tie_end):
-                sums[RANK_SUM, keys[position] & GROUP_BITS, gene] += tie_rank
+                rank_sums[keys[position] & GROUP_BITS] += tie_rank
             tied = float(tie_end - tie_start)
             ties[gene] += tied**3 - tied
             tie_start = tie_end
+        sums[RANK_SUM, :, gene] = rank_sums
     return sums, ties
 
 
