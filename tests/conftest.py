@@ -66,6 +66,7 @@ def embedded_default_environment() -> dict[str, str]:
     return inherited | {
         "CLUSTER_ENV": "development",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "WORKER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "WORKER_POLL_WAIT": "1",
         # The test's own LocalCluster may hold the usual dashboard port.
         "DASK_WORKER__LOCAL_CLUSTER__DASHBOARD_ADDRESS": ":0",

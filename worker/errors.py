@@ -56,6 +56,12 @@ class EmptyCellSet(WorkerError):
     code = "EmptyCellSet"
 
 
+class EmptyRootNodes(WorkerError):
+    """A trajectory's pseudotime was asked from no root node."""
+
+    code = "EmptyRootNodes"
+
+
 class PoisonMessage(Exception):
     """A message that cannot be answered (not JSON, nobody to answer to): it goes to the
     dead-letter queue."""

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     redis_url: str | None = _variable("WORKER_REDIS_URL")
     start_redis: bool = _variable("WORKER_START_REDIS", True)
     api_url: str | None = _variable("WORKER_API_URL")
+    # ScTypeAnnotate's marker database: an s3:// URL of ScTypeDB_full.xlsx (sc-type's).
+    sctype_db: str | None = _variable("WORKER_SCTYPE_DB", None, pattern=r"^s3://[^/]+/.+\.xlsx$")
 
     @field_validator("source_buckets", mode="before")
     @classmethod
@@ -97,6 +99,7 @@ class Settings(BaseSettings):
         "health_port",
         "redis_url",
         "api_url",
+        "sctype_db",
         mode="before",
     )
     @classmethod

@@ -169,8 +169,9 @@ class V2Client:
         self.seen.extend(events)
         return events
 
-    def answer(self, message: dict, timeout_s: float = 120) -> V2Answer:
-        """Wait for the request's WorkResponse event and read its result as the browser does."""
+    def answer(self, message: dict, timeout_s: float = 120, *, as_file: bool = False) -> V2Answer:
+        """Wait for the request's WorkResponse event and read its result as the browser does:
+        JSON, or with `as_file` the bytes as they are (a file the browser saves)."""
         wanted = f"WorkResponse-{message['ETag']}"
         deadline = time.monotonic() + timeout_s
         while not any(event == wanted for event, _ in self.seen):
@@ -189,7 +190,8 @@ class V2Client:
         if response["error"] or not response["cacheable"]:
             return V2Answer(payload, None, heartbeats)
         with urllib.request.urlopen(response["signedUrl"], timeout=30) as download:
-            return V2Answer(payload, decode_result(download.read()), heartbeats)
+            stored = download.read()
+        return V2Answer(payload, stored if as_file else decode_result(stored), heartbeats)
 
 
 def decode_result(stored: bytes) -> Any:

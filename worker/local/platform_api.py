@@ -15,7 +15,7 @@ from worker.store.cell_sets import (
     apply_merger_patch,
     update_cell_sets,
 )
-from worker.transport.seed import EXPERIMENT_ID
+from worker.transport.protocol import EXPERIMENT_ID
 
 CELL_SETS_PATH = re.compile(r"^/v2/experiments/(?P<experiment>[^/]+)/cellSets$")
 
@@ -67,9 +67,7 @@ def _handler_for(api: PlatformApiStandIn) -> type[BaseHTTPRequestHandler]:
                 operations = loads(self.rfile.read(length))
                 if not isinstance(operations, list):
                     raise ValueError("the body must be a list of json-merger operations")
-                api.apply(
-                    Patch(found["experiment"], self.headers.get("Authorization"), operations)
-                )
+                api.apply(Patch(found["experiment"], self.headers.get("Authorization"), operations))
             except ValueError as error:
                 self._reply(400, {"error": str(error)})
                 return

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -29,10 +30,19 @@ class HealthServer:
     Each instance has its own metrics registry, so several can live in one process.
     """
 
-    def __init__(self, *, host: str, port: int, stale_after_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        stale_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._address = (host, port)
         self._stale_after_s = stale_after_s
-        self._last_poll = time.monotonic()
+        # The time staleness is measured in; tests pass a clock they move themselves.
+        self._clock = clock
+        self._last_poll = clock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -59,7 +69,7 @@ class HealthServer:
     def start(self) -> None:
         """Bind the port and serve from a daemon thread."""
         # The loop has not polled yet: give it stale_after_s from now before reporting stale.
-        self._last_poll = time.monotonic()
+        self._last_poll = self._clock()
         self._httpd = ThreadingHTTPServer(self._address, _handler_for(self))
         # serve_forever notices shutdown() only between polls: poll often so stop() returns at once.
         self._thread = threading.Thread(
@@ -89,11 +99,11 @@ class HealthServer:
 
     def mark_polled(self) -> None:
         """Record that the queue loop has just returned from a receive call."""
-        self._last_poll = time.monotonic()
+        self._last_poll = self._clock()
 
     def is_healthy(self) -> bool:
         """Whether the queue loop polled within stale_after_s (or started that recently)."""
-        return time.monotonic() - self._last_poll <= self._stale_after_s
+        return self._clock() - self._last_poll <= self._stale_after_s
 
     def request_finished(self, task: str, outcome: str, seconds: float) -> None:
         """Count one finished request and observe how long it took."""

@@ -154,6 +154,7 @@ class QueueWorker:
             request.experiment_id,
             api=protocol.platform_api(request),
             progress_topic=f"progress-{key}",
+            result_file=protocol.result_file(request, task),
         )
         protocol.started(request)
         with self._progress_of(context.progress_topic) as progress:

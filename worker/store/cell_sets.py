@@ -94,6 +94,13 @@ class CellSets:
         in_set[self.ids(key, n_cells)] = True
         return in_set
 
+    def union_mask(self, keys: list[str], n_cells: int) -> np.ndarray:
+        """The cells of any of the nodes `keys` (a parent: its children's)."""
+        in_union = np.zeros(n_cells, dtype=bool)
+        for key in keys:
+            in_union[self.ids(key, n_cells)] = True
+        return in_union
+
     def siblings_mask(self, key: str, n_cells: int) -> np.ndarray:
         """The cells of the sets beside `key` in its hierarchy."""
         in_siblings = np.zeros(n_cells, dtype=bool)

@@ -2,6 +2,7 @@
 
 from worker.tasks import (
     batch_differential_expression,
+    cell_cycle_scoring,
     cluster_cells,
     differential_expression,
     dot_plot,
@@ -10,9 +11,12 @@ from worker.tasks import (
     get_doublet_score,
     get_embedding,
     get_mitochondrial_content,
+    get_normalized_expression,
     list_genes,
     marker_heatmap,
     prepare_experiment,
+    sctype_annotate,
+    trajectory_analysis,
 )
 from worker.tasks.base import Task
 
@@ -36,12 +40,16 @@ TASKS: dict[str, Task] = {
 V2_TASKS: dict[str, Task] = {
     task.name: task
     for task in (
-        get_mitochondrial_content.V2_TASK,
-        # Comparisons of groups of cells.
         batch_differential_expression.V2_TASK,
+        cell_cycle_scoring.V2_TASK,
         differential_expression.V2_TASK,
         dot_plot.V2_TASK,
         get_background_expressed_genes.V2_TASK,
+        get_mitochondrial_content.V2_TASK,
+        get_normalized_expression.V2_TASK,
         marker_heatmap.V2_TASK,
+        sctype_annotate.V2_TASK,
+        trajectory_analysis.STARTING_NODES_TASK,
+        trajectory_analysis.PSEUDO_TIME_TASK,
     )
 }

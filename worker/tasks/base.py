@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.settings import AwsSettings, Settings
 from worker.store.cell_sets import CellSets, CellSetsLocation, PlatformApi, change_cell_sets
 from worker.store.experiment import ExperimentStore, open_experiment
+from worker.store.result_file import ResultFile
 
 
 class TaskBody(BaseModel):
@@ -51,6 +52,12 @@ class TaskContext:
     api: PlatformApi | None = None
     # The Dask event topic the request's progress is reported on, if anyone listens.
     progress_topic: str | None = None
+    # Where a task that writes its result as a file writes it, as the protocol says.
+    result_file: ResultFile | None = None
+    # The Cellenics v2 results bucket, where results of earlier requests are read back.
+    v2_results_bucket: str = ""
+    # ScTypeAnnotate's marker database (WORKER_SCTYPE_DB), if configured.
+    sctype_db: str | None = None
 
     @classmethod
     def for_experiment(
@@ -60,6 +67,7 @@ class TaskContext:
         *,
         api: PlatformApi | None = None,
         progress_topic: str | None = None,
+        result_file: ResultFile | None = None,
     ) -> "TaskContext":
         return cls(
             experiment_id=experiment_id,
@@ -69,6 +77,9 @@ class TaskContext:
             source_buckets=settings.source_buckets,
             api=api,
             progress_topic=progress_topic,
+            result_file=result_file,
+            v2_results_bucket=settings.v2_results_bucket,
+            sctype_db=settings.sctype_db,
         )
 
     def store(self) -> ExperimentStore:
@@ -106,3 +117,6 @@ class Task:
     cacheable: bool
     # Returns the result as a JSON-encodable value; raises a WorkerError for the client.
     compute: Callable[[TaskContext, Any], Any]
+    # The task writes its result itself, as a file at `context.result_file` (a protocol that
+    # offers it answers with where the file is), and returns the number of bytes written.
+    writes_result_file: bool = False

@@ -6,23 +6,22 @@ import base64
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import zstandard
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from worker.errors import PoisonMessage, TransportError
 from worker.jsonio import loads
 from worker.settings import AwsSettings, Settings
 from worker.store.cell_sets import PlatformApi
+from worker.store.result_file import ResultFile
 from worker.tasks import V2_TASKS
 from worker.tasks.base import Task
 from worker.tasks.dispatch import TaskResult, invalid_request
 from worker.transport.aws import error_code, mapped_errors, shared_client
-from worker.transport.protocol import Protocol, Request
-from worker.transport.seed import EXPERIMENT_ID, parse_timeout
+from worker.transport.protocol import EnvelopeFields, Protocol, Request
 from worker.transport.socketio import SocketEmitter
 
 log = logging.getLogger(__name__)
@@ -41,35 +40,19 @@ ERROR_CODES = {
     "UnsupportedFormat": "INVALID_INPUT",
     "GeneNotFound": "R_WORKER_GENE_NOT_FOUND",
     "EmptyCellSet": "R_WORKER_EMPTY_CELL_SET",
+    "EmptyRootNodes": "R_WORKER_TRAJECTORY_ANALYSIS_EMPTY_ROOT_NODES",
 }
 UNEXPECTED_ERROR = "PYTHON_WORKER_ERROR"
 
 
-class Envelope(BaseModel):
+class Envelope(EnvelopeFields):
     """The SQS message the platform's API sends (its `WorkRequest.v2.yaml`, and what the API
     adds: `signedUrl`, `Authorization`, `requestProps`)."""
 
-    model_config = ConfigDict(extra="allow")
-
     ETag: str = Field(pattern=ETAG.pattern)
-    experimentId: str
-    timeout: datetime
-    body: dict[str, Any]
     signedUrl: str | None = None
     Authorization: str | None = None
     requestProps: dict[str, Any] | None = None
-
-    @field_validator("experimentId")
-    @classmethod
-    def _safe_experiment_id(cls, value: str) -> str:
-        if not EXPERIMENT_ID.fullmatch(value):
-            raise ValueError("must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-        return value
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _iso_timeout(cls, value: Any) -> datetime:
-        return parse_timeout(value)
 
 
 def task_body(envelope: Envelope) -> dict[str, Any]:
@@ -92,7 +75,8 @@ def task_label(name: str) -> str:
 class CompressedInBucket:
     """On the Dask worker: a cacheable result compressed and stored under the ETag, tagged as
     the platform's API checks it; small enough, its compressed bytes also travel back for the
-    notification. Errors and other results travel back as they are."""
+    notification. A result file the task wrote there itself is only announced, by its signed
+    URL. Errors and other results travel back as they are."""
 
     aws: AwsSettings
     bucket: str
@@ -100,8 +84,12 @@ class CompressedInBucket:
     experiment_id: str
     task_name: str
     cacheable: bool
+    file_written: bool = False
 
     def __call__(self, code: str | None, body: bytes) -> TaskResult:
+        if code is None and self.file_written:
+            # The body is the number of bytes the task wrote.
+            return TaskResult(None, None, stored_at=f"{self.bucket}/{self.etag}", size=int(body))
         if code is not None or not self.cacheable:
             return TaskResult.inline(code, body)
         compressed = store_compressed(
@@ -113,6 +101,11 @@ class CompressedInBucket:
             stored_at=f"{self.bucket}/{self.etag}",
             size=len(body),
         )
+
+
+def result_tags(experiment_id: str, task_name: str) -> tuple[tuple[str, str], ...]:
+    """The tags of a stored result; the platform's API serves it only to its experiment."""
+    return (("experimentId", experiment_id), ("requestType", task_name))
 
 
 def store_compressed(
@@ -129,8 +122,8 @@ def store_compressed(
             Key=etag,
             Tagging={
                 "TagSet": [
-                    {"Key": "experimentId", "Value": experiment_id},
-                    {"Key": "requestType", "Value": task_name},
+                    {"Key": key, "Value": value}
+                    for key, value in result_tags(experiment_id, task_name)
                 ]
             },
         )
@@ -187,10 +180,19 @@ class V2Protocol(Protocol):
             return None
         return PlatformApi(self._api_url, request.raw.get("Authorization"))
 
+    def result_file(self, request: Request, task: Task) -> ResultFile | None:
+        """A result file goes where the compressed results go: under the ETag, tagged alike."""
+        if not task.writes_result_file:
+            return None
+        return ResultFile(
+            self._aws, self._bucket, request.request_id,
+            result_tags(request.experiment_id, task.name),
+        )  # fmt: skip
+
     def delivery(self, request: Request, task: Task) -> CompressedInBucket:
         return CompressedInBucket(
             self._aws, self._bucket, request.request_id, request.experiment_id, task.name,
-            task.cacheable,
+            task.cacheable, task.writes_result_file,
         )  # fmt: skip
 
     def started(self, request: Request) -> None:
