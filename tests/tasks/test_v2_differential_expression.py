@@ -1,7 +1,8 @@
-"""Cellenics v2 DifferentialExpression (`within`), BatchDifferentialExpression and
-GetBackgroundExpressedGenes through the v2 path (real queue, Redis, moto, Dask), checked against
-scipy's Mann-Whitney U test on scanpy's log-normalised values of the same store, with the cells
-chosen by the platform's rule written out here."""
+"""Cellenics v2 DifferentialExpression, BatchDifferentialExpression and
+GetBackgroundExpressedGenes through the v2 path (real queue, Redis, moto, Dask): `within` checked
+against scipy's Mann-Whitney U test on scanpy's log-normalised values of the same store, with the
+cells chosen by the platform's rule written out here; `between` against the pseudobulk table
+computed directly over the store."""
 
 import re
 
@@ -15,7 +16,9 @@ from scipy import stats
 from tests.conftest import SYNTHETIC_EXPERIMENT, RunningWorker, make_settings
 from tests.tasks.helpers import cell_set, scanpy_log_normalised, store_hierarchy
 from worker.local.client import V2Client
+from worker.store.experiment import open_experiment
 from worker.store.locations import zarr_store
+from worker.store.pseudobulk import between_table
 from worker.transport.seed import SeedProtocol
 from worker.transport.socketio import SocketEmitter
 from worker.transport.v2 import V2Protocol
@@ -98,6 +101,10 @@ OLDER_PAGE = {
     "orderBy": "gene_names", "orderDirection": "ASC", "offset": 0, "limit": 1000,
     "filters": [{"columnName": "logFC", "comparison": "lessThan", "value": 0}],
 }  # fmt: skip
+BETWEEN_PAGE = {
+    "orderBy": "logFC", "orderDirection": "DESC", "offset": 0, "limit": 30,
+    "filters": [{"columnName": "AveExpr", "comparison": "greaterThan", "value": 4}],
+}  # fmt: skip
 BATCH = {
     "name": "BatchDifferentialExpression", "experimentId": SYNTHETIC_EXPERIMENT,
     "basis": ["all"], "cellSet": ["v2de-4", "v2custom-empty", "v2de-5"],
@@ -131,7 +138,13 @@ REQUESTS = {
     "empty first": (de_body("v2custom-empty", "rest"), {}),
     "same set": (de_body("v2custom-a", "v2custom-a"), {}),
     "class rest": (de_body("v2pair", "rest"), {}),
-    "between": (de_body("v2de-0", "v2de-1", comparisonType="between"), {}),
+    "between page": (
+        de_body("v2de-0", "v2de-1", comparisonType="between"),
+        {"request_props": {"pagination": BETWEEN_PAGE}},
+    ),
+    "batch between": (
+        BATCH | {"cellSet": ["v2de-4", "v2custom-empty"], "comparisonType": "between"}, {}
+    ),
     "no set": (de_body("v2de-0", "no-such-set"), {}),
     "no compareWith": ({"name": "DifferentialExpression", "cellSet": "v2de-0"}, {}),
     "bad regex": (
@@ -302,7 +315,6 @@ def test_genes_only_lists_the_first_names(answers, adata, values, sets):
         ("empty first", "INVALID_INPUT", "No cell id fullfills the 1st cell set."),
         ("same set", "INVALID_INPUT", "No cell id fullfills the 1st cell set."),
         ("class rest", "INVALID_INPUT", "No cell id fullfills the 2nd cell set."),
-        ("between", "INVALID_INPUT", "not yet supported"),
         ("no set", "INVALID_INPUT", "no-such-set"),
         ("no compareWith", "INVALID_INPUT", "body.compareWith"),
         ("bad regex", "INVALID_INPUT", "regular expression"),
@@ -346,3 +358,37 @@ def test_background_expressed_genes(answers, adata, sets, prepared_synthetic, se
     expected = adata.var_names[totals > 15].tolist()
     assert 0 < len(expected) < adata.n_vars
     assert answer.result == {"genes": expected}
+
+
+def between_on_dask(dask_client, settings, base, background) -> pd.DataFrame:
+    """The pseudobulk table of these cells, computed over the store on a Dask worker."""
+
+    def run():
+        store = open_experiment(settings.store_root, SYNTHETIC_EXPERIMENT, settings.aws)
+        return between_table(store, base, background)
+
+    return pd.DataFrame(dask_client.submit(run, pure=False).result())
+
+
+def test_between_is_the_pseudobulk_table_paginated(
+    answers, dask_client, session_settings, adata, sets
+):
+    """`between` is the pseudobulk table (tested in tests/tasks/long); here, that the task
+    resolves the cells and pages it as `within`: nulls dropped, filters, order, page."""
+    table = between_on_dask(dask_client, session_settings, sets["v2de-0"], sets["v2de-1"])
+    answer = answers("between page")
+
+    kept = table.dropna()
+    kept = kept[kept.AveExpr > 4]
+    expected = kept.assign(key=-kept.logFC).sort_values("key", kind="stable").drop(columns="key")
+    assert len(table) > len(kept) > 30 and answer.result["total"] == len(expected)
+    page = pd.DataFrame(answer.result["data"])
+    assert list(page.columns) == ["logFC", "AveExpr", "gene_names", "Gene"]
+    pd.testing.assert_frame_equal(page, expected.iloc[:30].reset_index(drop=True), rtol=1e-12)
+
+    first, second = answers("batch between").result
+    everyone_else = np.setdiff1d(np.arange(adata.n_obs), sets["v2de-4"])
+    expected = between_on_dask(dask_client, session_settings, sets["v2de-4"], everyone_else)
+    assert first["total"] == len(expected) == adata.n_vars
+    pd.testing.assert_frame_equal(pd.DataFrame(first["data"]), expected, rtol=1e-12)
+    assert second == {"total": 0, "data": "No cell id fullfills the 1st cell set."}

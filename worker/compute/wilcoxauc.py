@@ -12,6 +12,7 @@ import numpy as np
 from scipy import sparse, stats
 
 from worker.compute.arithmetic import log_normalise
+from worker.compute.pseudobulk import DOUBLE_XMIN
 from worker.compute.rank import (
     NO_GROUP,
     NONZERO,
@@ -26,8 +27,6 @@ from worker.compute.rank import (
 # expression tests at most DE_CELLS cells of each group, marker genes MARKER_CELLS.
 DE_CELLS = 10_000
 MARKER_CELLS = 1_000
-# R's `.Machine$double.xmin`, which the platform puts for an adjusted p-value of 0.
-SMALLEST_DOUBLE = float(np.finfo(np.float64).tiny)
 
 
 def labelling(groups: list[np.ndarray], n_cells: int) -> np.ndarray:
@@ -136,9 +135,9 @@ def wilcoxauc(rank_sums: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, 
 
 def base_table(statistics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The platform's differential expression columns: group 0 (the base) against the other
-    (the background), adjusted p-values of 0 replaced by the smallest normal double."""
+    (the background), adjusted p-values of 0 replaced by R's `.Machine$double.xmin`."""
     p_val_adj = statistics["padj"][0].copy()
-    p_val_adj[p_val_adj == 0] = SMALLEST_DOUBLE
+    p_val_adj[p_val_adj == 0] = DOUBLE_XMIN
     return {
         "p_val": statistics["pval"][0],
         "logFC": statistics["logFC"][0],

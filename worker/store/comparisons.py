@@ -2,6 +2,7 @@
 background of a differential expression, CELLENICS-V2.md section 2; the children of a class),
 and presto's statistics of those groups over the store's gene blocks."""
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from worker.errors import InvalidRequest
 from worker.store.cell_sets import CellSets
 from worker.store.experiment import ExperimentStore
 from worker.store.gene_blocks import map_gene_blocks
+from worker.store.pseudobulk import between_table
 
 # The platform's messages, spelling included.
 FIRST_EMPTY = "No cell id fullfills the 1st cell set."
@@ -95,6 +97,19 @@ def within_tables(
         base_table(wilcoxauc(rank_sums, group_sizes(labels))) | names
         for rank_sums, labels in zip(joined(blocks), labellings, strict=True)
     ]
+
+
+def within_table(store: ExperimentStore, base: np.ndarray, background: np.ndarray) -> dict:
+    (table,) = within_tables(store, [(base, background)])
+    return table
+
+
+# The platform's differential expression table of cell ids `base` against `background`, by
+# `comparisonType`.
+TABLES: dict[str, Callable[[ExperimentStore, np.ndarray, np.ndarray], dict[str, Any]]] = {
+    "within": within_table,
+    "between": between_table,
+}
 
 
 def marker_genes(store: ExperimentStore, labels: np.ndarray, n_genes: int) -> np.ndarray:

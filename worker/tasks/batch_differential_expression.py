@@ -1,10 +1,14 @@
-"""BatchDifferentialExpression (Cellenics v2): the `within` differential expression of several
-pairs of cell sets, all computed in one pass over the store's genes."""
+"""BatchDifferentialExpression (Cellenics v2): the differential expression of several pairs of
+cell sets; `within`, all pairs in one pass over the store's genes."""
 
 from typing import Any, Literal
 
+import numpy as np
+
 from worker.errors import CellSetNotFound, InvalidRequest
 from worker.store.comparisons import comparison_cells, within_tables
+from worker.store.experiment import ExperimentStore
+from worker.store.pseudobulk import between_table
 from worker.tasks.base import Task, TaskContext, V2TaskBody
 
 
@@ -32,12 +36,9 @@ def pairs(body: BatchDifferentialExpressionBody) -> list[tuple[str, str]]:
 def batch_differential_expression(
     context: TaskContext, body: BatchDifferentialExpressionBody
 ) -> list[dict]:
-    """Each pair's `{total, data}` in order; a pair whose groups cannot be made (an empty
-    group, a key that names no set) answers `{total: 0, data: <the message>}`."""
-    if body.comparisonType == "between":
-        raise InvalidRequest(
-            'comparisonType "between" (pseudobulk differential expression) is not yet supported'
-        )
+    """Each pair's `{total, data}` in order; a pair whose groups cannot be made or compared
+    (an empty group, a key that names no set, too few cells for pseudobulk samples) answers
+    `{total: 0, data: <the message>}`."""
     store = context.store()
     cell_sets = context.cell_sets()
     answers: list[dict] = []
@@ -52,10 +53,30 @@ def batch_differential_expression(
         computed.append(len(answers))
         answers.append({})
         comparisons.append(groups)
-    if comparisons:
-        for position, table in zip(computed, within_tables(store, comparisons), strict=True):
-            answers[position] = {"total": len(table["Gene"]), "data": table}
+    for position, table in zip(
+        computed, tables(store, body.comparisonType, comparisons), strict=True
+    ):
+        answers[position] = (
+            {"total": 0, "data": table}
+            if isinstance(table, str)
+            else {"total": len(table["Gene"]), "data": table}
+        )
     return answers
+
+
+def tables(
+    store: ExperimentStore, comparison_type: str, comparisons: list[tuple[np.ndarray, np.ndarray]]
+) -> list[dict | str]:
+    """Each comparison's table, or the message saying why it has none."""
+    if comparison_type == "within":
+        return within_tables(store, comparisons) if comparisons else []
+    results: list[dict | str] = []
+    for base, background in comparisons:
+        try:
+            results.append(between_table(store, base, background))
+        except InvalidRequest as error:
+            results.append(error.message)
+    return results
 
 
 V2_TASK = Task(

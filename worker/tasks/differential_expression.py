@@ -1,8 +1,8 @@
 """DifferentialExpression: every gene ranked between two groups of cells named by cell sets;
-in Cellenics v2, presto's Wilcoxon test and AUC (`within`), as a paginated columnar table."""
+in Cellenics v2, the platform's `within` (presto's Wilcoxon test and AUC) or `between`
+(pseudobulk) table, columnar, paginated as the platform's R worker pages it."""
 
 import re
-from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.compute.rank import Method, adjust_pvalues, rank_gene_block
 from worker.errors import InvalidRequest
 from worker.store.cell_sets import CellSets
-from worker.store.comparisons import comparison_cells, within_tables
+from worker.store.comparisons import TABLES, comparison_cells
 from worker.store.gene_blocks import map_gene_blocks
 from worker.tasks.base import Task, TaskBody, TaskContext, V2TaskBody
 
@@ -132,39 +132,24 @@ class DifferentialExpressionV2Body(V2TaskBody):
     pagination: Pagination | None = None
 
 
-TABLE_NUMBERS = ("p_val", "logFC", "pct_1", "pct_2", "p_val_adj", "auc")
+# The table's columns that are not numbers.
+NAMES = ("gene_names", "Gene")
 # What the platform's Python worker strips from a gene name filter before R reads it as a
 # regular expression.
 STRIPPED = re.compile(r"[{}|()?¿*+/.<>]")
 
 
-def within(context: TaskContext, body: DifferentialExpressionV2Body) -> dict:
-    """The platform's `within` table of every gene (presto's Wilcoxon test and AUC of the base
-    against the background), whole or paginated."""
+def differential_expression_v2(context: TaskContext, body: DifferentialExpressionV2Body) -> dict:
+    """The platform's table of every gene for the base against the background, `within`
+    (presto's Wilcoxon test and AUC) or `between` (pseudobulk), whole or paginated."""
     store = context.store()
     base, background = comparison_cells(
         context.cell_sets(), body.basis, body.cellSet, body.compareWith, store.n_cells
     )
-    (table,) = within_tables(store, [(base, background)])
+    table = TABLES[body.comparisonType](store, base, background)
     if body.pagination is None:
         return {"total": len(table["Gene"]), "data": table}
     return paginated(table, body.pagination, body.genesOnly)
-
-
-def between(context: TaskContext, body: DifferentialExpressionV2Body) -> dict:
-    raise InvalidRequest(
-        'comparisonType "between" (pseudobulk differential expression) is not yet supported'
-    )
-
-
-COMPARISONS: dict[str, Callable[[TaskContext, DifferentialExpressionV2Body], dict]] = {
-    "within": within,
-    "between": between,
-}
-
-
-def differential_expression_v2(context: TaskContext, body: DifferentialExpressionV2Body) -> dict:
-    return COMPARISONS[body.comparisonType](context, body)
 
 
 def paginated(table: dict[str, np.ndarray], pagination: Pagination, genes_only: bool) -> dict:
@@ -174,12 +159,13 @@ def paginated(table: dict[str, np.ndarray], pagination: Pagination, genes_only: 
     if it is a column (descending only for "DESC"); `total` the rows left, the page
     `offset:offset+limit` of them. With `genesOnly`: the first `limit` names and ids, and
     their number as `total`."""
-    keep = ~np.any(np.isnan(np.vstack([table[column] for column in TABLE_NUMBERS])), axis=0)
+    numbers = [column for column in table if column not in NAMES]
+    keep = ~np.any(np.isnan(np.vstack([table[column] for column in numbers])), axis=0)
     text = next((rule for rule in pagination.filters if rule.columnName == "gene_names"), None)
     if text is not None:
         keep &= gene_name_matches(table["gene_names"], text.expression)
     for rule in pagination.filters:
-        if rule.columnName in TABLE_NUMBERS:
+        if rule.columnName in numbers:
             keep &= numeric_matches(table[rule.columnName], rule)
     rows = np.flatnonzero(keep)
     if pagination.orderBy in table:
