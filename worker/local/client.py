@@ -156,13 +156,16 @@ class V2Client:
         self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=text, MessageGroupId="work")
 
     def events(self, wait_s: float = 1.0) -> list[tuple[str, Any]]:
-        """The socket.io events emitted since the last call (also kept in `seen`)."""
+        """The socket.io events emitted since the last call (also kept in `seen`), waiting up
+        to `wait_s` for the first."""
         events = []
-        deadline = time.monotonic() + wait_s
+        timeout = wait_s
         while True:
-            message = self._events.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            message = self._events.get_message(timeout=timeout)
             if message is None:
                 break
+            # Once one has come, take what else is there without waiting.
+            timeout = 0.0
             _, packet, _ = msgpack.unpackb(message["data"], raw=False)
             event, payload = packet["data"]
             events.append((event, payload))
