@@ -2,7 +2,6 @@
 in Cellenics v2, the platform's `within` (presto's Wilcoxon test and AUC) or `between`
 (pseudobulk) table, columnar, paginated as the platform's R worker pages it."""
 
-import re
 from typing import Literal
 
 import numpy as np
@@ -13,6 +12,7 @@ from worker.errors import InvalidRequest
 from worker.store.cell_sets import CellSets
 from worker.store.comparisons import TABLES, comparison_cells
 from worker.store.gene_blocks import map_gene_blocks
+from worker.store.gene_index import name_filter
 from worker.tasks.base import Task, TaskBody, TaskContext, V2TaskBody
 
 MAX_ROWS = 100_000
@@ -134,9 +134,6 @@ class DifferentialExpressionV2Body(V2TaskBody):
 
 # The table's columns that are not numbers.
 NAMES = ("gene_names", "Gene")
-# What the platform's Python worker strips from a gene name filter before R reads it as a
-# regular expression.
-STRIPPED = re.compile(r"[{}|()?¿*+/.<>]")
 
 
 def differential_expression_v2(context: TaskContext, body: DifferentialExpressionV2Body) -> dict:
@@ -154,11 +151,10 @@ def differential_expression_v2(context: TaskContext, body: DifferentialExpressio
 
 def paginated(table: dict[str, np.ndarray], pagination: Pagination, genes_only: bool) -> dict:
     """The rows the platform's R worker returns for a page: rows holding a null (NaN) dropped;
-    the first filter on `gene_names` as a case-insensitive regular expression (stripped of
-    STRIPPED), then each numeric filter (strictly greater or less); a stable sort by `orderBy`
-    if it is a column (descending only for "DESC"); `total` the rows left, the page
-    `offset:offset+limit` of them. With `genesOnly`: the first `limit` names and ids, and
-    their number as `total`."""
+    the first filter on `gene_names` as the platform's gene name filter, then each numeric
+    filter (strictly greater or less); a stable sort by `orderBy` if it is a column (descending
+    only for "DESC"); `total` the rows left, the page `offset:offset+limit` of them. With
+    `genesOnly`: the first `limit` names and ids, and their number as `total`."""
     numbers = [column for column in table if column not in NAMES]
     keep = ~np.any(np.isnan(np.vstack([table[column] for column in numbers])), axis=0)
     text = next((rule for rule in pagination.filters if rule.columnName == "gene_names"), None)
@@ -186,13 +182,7 @@ def gene_name_matches(gene_names: np.ndarray, expression: str | None) -> np.ndar
         raise InvalidRequest(
             "invalid request: pagination.filters: the gene_names filter has no expression"
         )
-    try:
-        pattern = re.compile(STRIPPED.sub("", expression), re.IGNORECASE)
-    except re.error as error:
-        raise InvalidRequest(
-            f"invalid request: pagination.filters: {expression[:100]!r} is not a valid "
-            f"regular expression ({error})"
-        ) from None
+    pattern = name_filter(expression, "pagination.filters")
     return np.array([pattern.search(name) is not None for name in gene_names], dtype=bool)
 
 

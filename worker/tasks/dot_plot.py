@@ -10,6 +10,7 @@ from worker.compute.rank import NO_GROUP
 from worker.compute.wilcoxauc import labelling, present_groups
 from worker.errors import CellSetNotFound
 from worker.store.comparisons import class_children, marker_genes
+from worker.store.gene_index import matching_ignoring_case
 from worker.tasks.base import Task, TaskContext, V2TaskBody
 
 # Seurat's DotPlot clips the scaled averages to this.
@@ -93,8 +94,7 @@ def dot_plot(context: TaskContext, body: DotPlotBody) -> dict:
     if body.useMarkerGenes:
         genes = marker_genes(store, labels, body.numberOfMarkers)
     else:
-        wanted = {name.upper() for name in body.customGenesList}
-        genes = np.flatnonzero([name.upper() in wanted for name in gene_names])
+        genes = matching_ignoring_case(store, body.customGenesList)
     if len(genes) == 0:
         return EMPTY
 
