@@ -13,35 +13,18 @@ import pytest
 import scanpy as sc
 from scipy import stats
 
-from tests.conftest import SYNTHETIC_EXPERIMENT, RunningWorker, make_settings
+from tests.conftest import SYNTHETIC_EXPERIMENT
 from tests.tasks.helpers import cell_set, scanpy_log_normalised, store_hierarchy
-from worker.local.client import V2Client
 from worker.store.experiment import open_experiment
 from worker.store.locations import zarr_store
 from worker.store.pseudobulk import between_table
-from worker.transport.seed import SeedProtocol
-from worker.transport.socketio import SocketEmitter
-from worker.transport.v2 import V2Protocol
 
 COLUMNS = ["p_val", "logFC", "pct_1", "pct_2", "p_val_adj", "auc", "gene_names", "Gene"]
 
 
 @pytest.fixture(scope="module")
-def v2_settings(emulator, redis_server):
-    return make_settings(emulator.url, WORKER_REDIS_URL=redis_server.url)
-
-
-@pytest.fixture(scope="module")
-def client(v2_settings, dask_client, prepared_synthetic):
-    emitter = SocketEmitter(v2_settings.redis_url)
-    worker = RunningWorker(
-        v2_settings, dask_client, [SeedProtocol(v2_settings), V2Protocol(v2_settings, emitter)]
-    )
-    client = V2Client(v2_settings)
-    yield client
-    client.close()
-    worker.stop()
-    emitter.close()
+def client(v2):
+    return v2.client
 
 
 @pytest.fixture(scope="module")
