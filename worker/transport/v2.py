@@ -185,15 +185,22 @@ class V2Protocol(Protocol):
         if not task.writes_result_file:
             return None
         return ResultFile(
-            self._aws, self._bucket, request.request_id,
+            self._aws,
+            self._bucket,
+            request.request_id,
             result_tags(request.experiment_id, task.name),
-        )  # fmt: skip
+        )
 
     def delivery(self, request: Request, task: Task) -> CompressedInBucket:
         return CompressedInBucket(
-            self._aws, self._bucket, request.request_id, request.experiment_id, task.name,
-            task.cacheable, task.writes_result_file,
-        )  # fmt: skip
+            self._aws,
+            self._bucket,
+            request.request_id,
+            request.experiment_id,
+            task.name,
+            task.cacheable,
+            task.writes_result_file,
+        )
 
     def started(self, request: Request) -> None:
         self._heartbeat(request, "STARTED_TASK", "Working on the requested task")
@@ -226,9 +233,13 @@ class V2Protocol(Protocol):
             if result.stored_at is None:
                 # The Dask worker could not store it: store it from here.
                 compressed = store_compressed(
-                    self._aws, self._bucket, request.request_id, result.body,
-                    request.experiment_id, request.task_name,
-                )  # fmt: skip
+                    self._aws,
+                    self._bucket,
+                    request.request_id,
+                    result.body,
+                    request.experiment_id,
+                    request.task_name,
+                )
         response: dict[str, Any] = {
             "cacheable": cacheable and not error,
             "error": error,
