@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from tests.tasks.long.conftest import CELLS_PER_SAMPLE, LONG_EXPERIMENT
 from worker.jsonio import dumps
 from worker.store.experiment import open_experiment
+from worker.tasks.embeddings import UmapV2Config
 from worker.transport.aws import aws_client
 
 N_CELLS = 4 * CELLS_PER_SAMPLE
@@ -118,7 +119,8 @@ def test_root_errors(v2, stored_embedding, roots, code):
 def test_without_a_stored_embedding_the_umap_is_computed(v2, long_settings):
     nodes = ask(v2, body("GetTrajectoryAnalysisStartingNodes", secrets.token_hex(16), [])).result
     store = open_experiment(long_settings.store_root, LONG_EXPERIMENT, long_settings.aws)
-    umap = store.cached("obsm/X_umap__euclidean__min_dist_0.3")
+    # The UMAP GetEmbedding v2 computes for these settings, in its cache.
+    umap = store.cached(f"obsm/{UmapV2Config().element_name()}")
     assert umap is not None and umap.shape == (N_CELLS, 2)
     # Every node lies among the cells it was learnt from.
     nearest = np.min(
