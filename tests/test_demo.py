@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import embedded_default_environment
-from worker.tasks import TASKS
+from worker.tasks import TASKS, V2_TASKS
 
-PICTURES = ("umap.png", "pca.png", "tsne.png", "marker_heatmap.png")
+PICTURES = ("umap.png", "pca.png", "tsne.png", "marker_heatmap.png", "trajectory.png")
+# ScTypeAnnotate needs a marker database the demo does not have.
+V2_IN_THE_DEMO = set(V2_TASKS) - {"ScTypeAnnotate"}
 
 
 @pytest.mark.slow
@@ -30,6 +32,8 @@ def test_demo_answers_every_task_and_draws_its_pictures(tmp_path):
     summary_lines = demo.stdout.splitlines()
     for task in TASKS:
         assert any(line.startswith(task) for line in summary_lines), f"{task}:\n{output}"
+    for task in V2_IN_THE_DEMO:
+        assert any(line.startswith(f"v2 {task}") for line in summary_lines), f"{task}:\n{output}"
     for name in PICTURES:
         assert str(out_dir / name) in demo.stdout
         with Image.open(out_dir / name) as picture:

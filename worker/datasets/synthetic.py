@@ -58,7 +58,7 @@ _MARKER_HIGH = 3.0
 _MARKER_LOW = 0.02
 _PROGRAMME_FOLD = 6.0
 # Seed streams: (seed, stream) for the model, (seed, stream, block) for a block's draws.
-_MODEL, _LABELS, _COUNTS, _BARCODES = range(4)
+_MODEL, _LABELS, _COUNTS, _BARCODES, _BRIDGE = range(5)
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,18 @@ class SyntheticDataset:
     n_clusters: int = 8
     counts_per_cell: float = 2000.0
     rows_per_block: int = 2048
+    # The share of cells on a continuum from the first cluster to the second (naive to memory
+    # CD4 T cells): each of their UMIs comes from the second's profile with the cell's progress
+    # along it, uniform in [0, 1]. A trajectory to find; none by default.
+    bridge_share: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.n_clusters <= len(MARKERS_BY_CELL_TYPE):
             raise ValueError(f"n_clusters must be 1 to {len(MARKERS_BY_CELL_TYPE)}")
         if self.n_cells < 1 or self.n_genes < 1 or self.rows_per_block < 1:
             raise ValueError("n_cells, n_genes and rows_per_block must be positive")
+        if not 0 <= self.bridge_share <= 1 or (self.bridge_share and self.n_clusters < 2):
+            raise ValueError("bridge_share must be in [0, 1], with at least 2 clusters")
 
     @property
     def n_blocks(self) -> int:
@@ -114,11 +120,17 @@ class SyntheticDataset:
     @cached_property
     def cluster_labels(self) -> np.ndarray:
         """The cluster index of each cell."""
-        return np.concatenate([self._block_labels(block) for block in range(self.n_blocks)])
+        return np.concatenate([self._block_bridge(block)[0] for block in range(self.n_blocks)])
+
+    @cached_property
+    def bridge_progress(self) -> np.ndarray:
+        """Each cell's progress along the continuum from the first cluster to the second, NaN
+        for cells not on it."""
+        return np.concatenate([self._block_bridge(block)[1] for block in range(self.n_blocks)])
 
     def row_block(self, block: int) -> sparse.csr_matrix:
         """Rows block*rows_per_block onwards: canonical float32 CSR, cells x genes."""
-        labels = self._block_labels(block)
+        labels, progress = self._block_bridge(block)
         model = self._model
         rng = np.random.default_rng([self.seed, _COUNTS, block])
         n = len(labels)
@@ -134,6 +146,10 @@ class SyntheticDataset:
         cells = np.repeat(np.repeat(np.arange(n, dtype=np.int32), _MODULES), pairs)
         modules = np.repeat(np.tile(np.arange(_MODULES, dtype=np.int32), n), pairs)
         clusters = labels[cells]
+        on_bridge = np.isfinite(progress)[cells]
+        if on_bridge.any():
+            second = rng.random(int(on_bridge.sum())) < progress[cells[on_bridge]]
+            clusters[on_bridge] = second.astype(clusters.dtype)
         low = model.module_start_mass[clusters, modules]
         high = model.module_start_mass[clusters, modules + 1]
         targets = clusters + low + rng.random(len(cells)) * (high - low)
@@ -151,6 +167,18 @@ class SyntheticDataset:
 
     def row_blocks(self) -> Iterator[sparse.csr_matrix]:
         return (self.row_block(block) for block in range(self.n_blocks))
+
+    def _block_bridge(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """A block's cluster labels, and its cells' progress along the continuum (NaN off it);
+        a cell on it is labelled with the nearer of the two clusters."""
+        labels = self._block_labels(block)
+        progress = np.full(len(labels), np.nan)
+        if self.bridge_share:
+            rng = np.random.default_rng([self.seed, _BRIDGE, block])
+            on_bridge = rng.random(len(labels)) < self.bridge_share
+            progress[on_bridge] = rng.random(int(on_bridge.sum()))
+            labels[on_bridge] = (progress[on_bridge] >= 0.5).astype(labels.dtype)
+        return labels, progress
 
     def _block_labels(self, block: int) -> np.ndarray:
         start = block * self.rows_per_block
@@ -220,8 +248,11 @@ class _Model:
 
 
 def make_pbmc_sample(seed: int = 0) -> SyntheticDataset:
-    """The small sample the local emulator is seeded with: 3000 cells x 2000 genes, 8 clusters."""
-    return SyntheticDataset(n_cells=3000, n_genes=2000, seed=seed, counts_per_cell=1500)
+    """The small sample the local emulator is seeded with: 3000 cells x 2000 genes, 8 clusters,
+    a fifth of the cells on a continuum from naive to memory CD4 T cells (a trajectory)."""
+    return SyntheticDataset(
+        n_cells=3000, n_genes=2000, seed=seed, counts_per_cell=1500, bridge_share=0.2
+    )
 
 
 def write_10x_mtx(

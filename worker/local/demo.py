@@ -1,5 +1,6 @@
-"""`python -m worker demo`: every task of the contract sent through the real queue to the seeded
-sample, a line or a few per answer, and pictures of the embeddings and the marker genes."""
+"""`python -m worker demo`: every task of both contracts (the seed's, then Cellenics v2's) sent
+through the real queue to the seeded sample, a line or a few per answer, and pictures of the
+embeddings, the marker genes and a trajectory."""
 
 import sys
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from worker.local.client import ApiClient
+from worker.local.client import ApiClient, V2Client
 from worker.local.sample import SAMPLE_BUCKET, SAMPLE_EXPERIMENT, SAMPLE_PREFIX
 from worker.service.app import protocols, started
 from worker.service.health import HealthServer
@@ -163,6 +164,247 @@ def run_steps(client: ApiClient) -> tuple[dict[str, Any], list[str]]:
 
 
 @dataclass(frozen=True)
+class V2Step:
+    """A v2 request: its body may depend on what earlier v2 requests answered (by label)."""
+
+    label: str
+    body: Callable[[dict[str, Any]], dict]
+    describe: Callable[[Any], str]
+    request_props: dict | None = None
+    # Results the browser saves as files (not JSON).
+    as_file: bool = False
+
+
+UMAP_SETTINGS = {"minimumDistance": 0.3, "distanceMetric": "euclidean"}
+# The trajectory starts where naive T cells are: among the cells expressing CCR7 most.
+ROOT_GENE = "CCR7"
+V2_GENES = [*MARKER_GENES, ROOT_GENE]
+DE_PAGE = {"orderBy": "p_val_adj", "orderDirection": "ASC", "offset": 0, "limit": 5}
+
+
+def _v2_expression(result: dict) -> str:
+    size = result["rawExpression"]["size"]
+    return (
+        f"{size[0]} cells x {size[1]} genes as a sparse matrix of "
+        f"{len(result['rawExpression']['values'])} values; colour scale tops "
+        + ", ".join(
+            f"{gene} {top:.2f}"
+            for gene, top in zip(
+                result["orderedGeneNames"], result["stats"]["truncatedMax"], strict=True
+            )
+        )
+    )
+
+
+def _v2_table(result: dict) -> str:
+    genes = result["data"]["gene_names"]
+    return f"{len(genes)} of {result['total']} rows: {', '.join(genes)}"
+
+
+def _v2_trajectory_nodes(result: dict) -> str:
+    edges = sum(len(neighbours) for neighbours in result["connectedNodes"])
+    return f"a principal graph of {len(result['x'])} nodes and {edges} edges"
+
+
+def _v2_pseudotime(result: dict) -> str:
+    times = np.asarray([np.nan if time is None else time for time in result["pseudotime"]])
+    return f"pseudotime of {np.isfinite(times).sum()} cells, up to {np.nanmax(times):.3g}"
+
+
+def root_node(results: dict[str, Any]) -> int:
+    """The graph node nearest the cells that express ROOT_GENE most (its top 5%)."""
+    expression = results["v2 GeneExpression"]["result"]
+    matrix = expression["rawExpression"]
+    gene = expression["orderedGeneNames"].index(ROOT_GENE)
+    values = np.zeros(matrix["size"][0])
+    span = slice(matrix["ptr"][gene], matrix["ptr"][gene + 1])
+    values[matrix["index"][span]] = matrix["values"][span]
+    points = np.asarray(results["v2 GetEmbedding umap"]["result"], dtype=float)
+    start = points[values >= np.quantile(values, 0.95)].mean(axis=0)
+    nodes = results["v2 GetTrajectoryAnalysisStartingNodes"]["result"]
+    distances = np.hypot(np.asarray(nodes["x"]) - start[0], np.asarray(nodes["y"]) - start[1])
+    return int(np.argmin(distances))
+
+
+def _trajectory_body(name: str, results: dict[str, Any], **fields) -> dict:
+    return {
+        "name": name,
+        "embedding": {
+            "ETag": results["v2 GetEmbedding umap"]["etag"],
+            "method": "umap",
+            "methodSettings": UMAP_SETTINGS,
+        },
+        "clustering": {"method": "louvain", "resolution": 0.8},
+        "cellSets": ["louvain"],
+        **fields,
+    }
+
+
+V2_STEPS = (
+    V2Step(
+        "v2 GeneExpression",
+        lambda _: {"name": "GeneExpression", "genes": V2_GENES},
+        _v2_expression,
+    ),
+    V2Step(
+        "v2 ListGenes",
+        lambda _: {
+            "name": "ListGenes",
+            "selectFields": ["gene_names", "dispersions"],
+            "orderBy": "dispersions",
+            "orderDirection": "DESC",
+            "offset": 0,
+            "limit": 5,
+        },
+        lambda result: (
+            f"top {len(result['gene_names'])} of {result['total']}: "
+            + ", ".join(result["gene_names"])
+        ),
+    ),
+    V2Step("v2 GetNGenes", lambda _: {"name": "GetNGenes"}, _min_mean_max),
+    V2Step("v2 GetNUmis", lambda _: {"name": "GetNUmis"}, _min_mean_max),
+    V2Step(
+        "v2 GetMitochondrialContent", lambda _: {"name": "GetMitochondrialContent"}, _min_mean_max
+    ),
+    V2Step("v2 GetDoubletScore", lambda _: {"name": "GetDoubletScore"}, _min_mean_max),
+    V2Step(
+        "v2 GetEmbedding umap",
+        lambda _: {"name": "GetEmbedding", "type": "umap", "config": UMAP_SETTINGS},
+        _embedding,
+    ),
+    V2Step(
+        "v2 DifferentialExpression",
+        lambda _: {
+            "name": "DifferentialExpression",
+            "cellSet": "louvain-0",
+            "compareWith": "rest",
+            "basis": "all",
+            "comparisonType": "within",
+        },
+        _v2_table,
+        request_props={"pagination": DE_PAGE},
+    ),
+    V2Step(
+        "v2 BatchDifferentialExpression",
+        lambda _: {
+            "name": "BatchDifferentialExpression",
+            "basis": ["all"],
+            "cellSet": ["louvain-0", "louvain-1"],
+            "compareWith": "background",
+            "comparisonType": "within",
+        },
+        lambda result: ", ".join(f"{pair['total']} genes" for pair in result),
+    ),
+    V2Step(
+        "v2 GetBackgroundExpressedGenes",
+        lambda _: {
+            "name": "GetBackgroundExpressedGenes",
+            "cellSet": "louvain-0",
+            "compareWith": "rest",
+            "basis": "all",
+            "comparisonType": "within",
+        },
+        lambda result: f"{len(result['genes'])} genes expressed in either group",
+    ),
+    V2Step(
+        "v2 MarkerHeatmap",
+        lambda _: {"name": "MarkerHeatmap", "nGenes": 3, "selectedCellSet": "louvain"},
+        lambda result: ", ".join(result["orderedGeneNames"]),
+    ),
+    V2Step(
+        "v2 DotPlot",
+        lambda _: {
+            "name": "DotPlot",
+            "useMarkerGenes": False,
+            "numberOfMarkers": 3,
+            "customGenesList": MARKER_GENES,
+            "groupBy": "louvain",
+            "filterBy": {"group": "All", "key": "All"},
+        },
+        lambda result: f"{len(result['cellSetsNames'])} groups x {len(result['geneNames'])} genes",
+    ),
+    V2Step(
+        "v2 GetExpressionCellSets",
+        lambda _: {
+            "name": "GetExpressionCellSets",
+            "genesConfig": [
+                {"geneName": "CST3", "comparisonType": "greaterThan", "thresholdValue": 1}
+            ],
+        },
+        lambda result: "a new custom cell set, announced to the browsers",
+        request_props={"broadcast": True},
+    ),
+    V2Step(
+        "v2 CellCycleScoring",
+        lambda _: {"name": "CellCycleScoring"},
+        lambda result: "the Phase cell sets, announced to the browsers",
+    ),
+    V2Step(
+        "v2 GetNormalizedExpression",
+        lambda _: {
+            "name": "GetNormalizedExpression",
+            "subsetBy": {
+                "louvain": ["louvain-0"],
+                "sample": [],
+                "metadata": [],
+                "customCellSets": [],
+            },
+        },
+        lambda result: f"{len(result)} bytes of gzipped CSV",
+        as_file=True,
+    ),
+    V2Step(
+        "v2 GetTrajectoryAnalysisStartingNodes",
+        lambda results: _trajectory_body("GetTrajectoryAnalysisStartingNodes", results),
+        _v2_trajectory_nodes,
+    ),
+    V2Step(
+        "v2 GetTrajectoryAnalysisPseudoTime",
+        lambda results: _trajectory_body(
+            "GetTrajectoryAnalysisPseudoTime", results, rootNodes=[root_node(results)]
+        ),
+        _v2_pseudotime,
+    ),
+    V2Step(
+        "v2 ClusterCells",
+        lambda _: {
+            "name": "ClusterCells",
+            "type": "louvain",
+            "cellSetKey": "louvain",
+            "cellSetName": "Louvain clusters",
+            "config": {"resolution": 1.0},
+        },
+        lambda result: "the louvain cell sets replaced, announced to the browsers",
+        request_props={"broadcast": True},
+    ),
+)
+
+
+def run_v2_steps(client: V2Client) -> tuple[dict[str, Any], list[str]]:
+    """Each v2 step's result by label (with the ETag it was asked under), and a description of
+    each error answered."""
+    results: dict[str, Any] = {}
+    failures = []
+    for step in V2_STEPS:
+        message = client.message(
+            step.body(results), SAMPLE_EXPERIMENT, request_props=step.request_props
+        )
+        sent = time.monotonic()
+        client.send(message)
+        answer = client.answer(message, ANSWER_TIMEOUT_S, as_file=step.as_file)
+        seconds = time.monotonic() - sent
+        response = (answer.notification or {}).get("response", {})
+        if response.get("error"):
+            summary = f"ERROR {response['errorCode']}: {response['userMessage']}"
+            failures.append(f"{step.label}: {summary}")
+        else:
+            results[step.label] = {"etag": message["ETag"], "result": answer.result}
+            summary = step.describe(answer.result)
+        print(f"{step.label:<40} {seconds:6.2f}s  {summary}", flush=True)
+    return results, failures
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     color: str
@@ -262,6 +504,42 @@ def plot_heatmap(heatmap: dict, clusters: list[Cluster], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def plot_trajectory(umap: list, nodes: dict, pseudotime: list, root: int, path: Path) -> None:
+    """Cells on the UMAP coloured by pseudotime, and the principal graph through them."""
+    points = np.asarray(umap, dtype=float)
+    times = np.asarray([np.nan if time is None else time for time in pseudotime], dtype=float)
+    figure = Figure(figsize=(8, 6.5), layout="constrained")
+    axes = figure.add_subplot()
+    unordered = ~np.isfinite(times)
+    axes.scatter(*points[unordered].T, s=3, color="#d0d0d0", label="no pseudotime")
+    ordered = axes.scatter(
+        *points[~unordered].T, s=3, c=times[~unordered], cmap="viridis", label="cells"
+    )
+    node_x, node_y = np.asarray(nodes["x"]), np.asarray(nodes["y"])
+    for node, neighbours in enumerate(nodes["connectedNodes"]):
+        for neighbour in neighbours:
+            axes.plot(
+                [node_x[node], node_x[neighbour]],
+                [node_y[node], node_y[neighbour]],
+                color="black",
+                linewidth=1.2,
+            )
+    axes.scatter(node_x, node_y, s=4, color="black", zorder=3, label="graph nodes")
+    axes.scatter(
+        node_x[root], node_y[root], s=80, color="red", zorder=4, label=f"root (node {root})"
+    )
+    axes.set(
+        title="Trajectory: pseudotime along the principal graph",
+        xticks=[],
+        yticks=[],
+        xlabel="UMAP 1",
+        ylabel="UMAP 2",
+    )
+    figure.colorbar(ordered, ax=axes, label="pseudotime", shrink=0.8)
+    axes.legend(loc="best", markerscale=2, fontsize=8)
+    figure.savefig(path, dpi=120)
+
+
 # Step label of the embedding, picture file, title, axis label, whether clusters lie apart.
 EMBEDDINGS = (
     ("GetEmbedding umap", "umap.png", "UMAP", "UMAP", True),
@@ -270,8 +548,11 @@ EMBEDDINGS = (
 )
 
 
-def draw_pictures(results: dict[str, Any], clusters: list[Cluster], out_dir: Path) -> list[Path]:
-    """The embeddings coloured by cluster and the marker heatmap, as PNG files in `out_dir`."""
+def draw_pictures(
+    results: dict[str, Any], v2_results: dict[str, Any], clusters: list[Cluster], out_dir: Path
+) -> list[Path]:
+    """The embeddings coloured by cluster, the marker heatmap and the trajectory, as PNG files
+    in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     n_cells = sum(len(cluster.cell_ids) for cluster in clusters)
     pictures = []
@@ -287,6 +568,14 @@ def draw_pictures(results: dict[str, Any], clusters: list[Cluster], out_dir: Pat
         )
     pictures.append(out_dir / "marker_heatmap.png")
     plot_heatmap(results["MarkerHeatmap"], clusters, pictures[-1])
+    pictures.append(out_dir / "trajectory.png")
+    plot_trajectory(
+        v2_results["v2 GetEmbedding umap"]["result"],
+        v2_results["v2 GetTrajectoryAnalysisStartingNodes"]["result"],
+        v2_results["v2 GetTrajectoryAnalysisPseudoTime"]["result"]["pseudotime"],
+        root_node(v2_results),
+        pictures[-1],
+    )
     return pictures
 
 
@@ -311,6 +600,11 @@ def run_demo(settings: Settings, out_dir: Path) -> int:
                 f"sending every task for experiment {SAMPLE_EXPERIMENT} to {queue.url}", flush=True
             )
             results, failures = run_steps(ApiClient(settings))
+            print("the same sample through the platform's current protocol, Cellenics v2:")
+            v2_client = V2Client(settings)
+            resources.callback(v2_client.close)
+            v2_results, v2_failures = run_v2_steps(v2_client)
+            failures += v2_failures
         finally:
             worker.stop()
             serving.join()
@@ -322,6 +616,6 @@ def run_demo(settings: Settings, out_dir: Path) -> int:
                 file=sys.stderr,
             )
             return 1
-        pictures = draw_pictures(results, louvain_clusters(settings), out_dir)
+        pictures = draw_pictures(results, v2_results, louvain_clusters(settings), out_dir)
     print("pictures:", *pictures, sep="\n  ")
     return 0
