@@ -25,8 +25,9 @@ from worker.store.writer import COMPRESSOR, element_attributes
 
 log = logging.getLogger(__name__)
 
-# A manifest read is cached this long, so an interactive query costs no extra round trip;
-# a re-prepared experiment is seen by every Dask worker within this many seconds.
+# A manifest read is cached this long, so queries in a row cost no extra round trip. A
+# PrepareExperiment in this cluster tells every Dask worker to drop it at once
+# (`forget_manifest`); a version published from elsewhere is seen within this many seconds.
 MANIFEST_TTL_S = 2.0
 OPEN_STORES_PER_PROCESS = 16
 COMPLETED = "completed_at"
