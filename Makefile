@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TIER ?= small
+# Where the benchmark's store lives: local (a folder) or s3 (the emulator behind a latency proxy).
+STORE ?= local
 # numba (pynndescent, UMAP) compiles on first use in every process; caching the machine code
 # lets each Dask worker after the first load it instead.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
@@ -47,7 +49,7 @@ test: lint tools
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: venv
-	$(BIN)/python -m benchmarks --tier $(TIER)
+	$(BIN)/python -m benchmarks --tier $(TIER) --store $(STORE)
 
 # Rewrite the lock file from what is installed now (after changing pyproject.toml), and the
 # image's requirements.txt (its runtime part) from the lock.

@@ -22,6 +22,18 @@ SIDES = ("scanpy", "ours")
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--tier", choices=TIERS, default="small")
+    parser.add_argument(
+        "--store",
+        choices=("local", "s3"),
+        default="local",
+        help="where our store lives: a local folder, or the emulator's S3 behind a proxy that "
+        "adds latency (each measure then at 0 ms and at 25 ms)",
+    )
+    parser.add_argument(
+        "--sides",
+        default=",".join(SIDES),
+        help="the sides to run, comma separated (ours always runs; default: all)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     # One side's run, in the process this command starts for it.
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
@@ -31,17 +43,21 @@ def main(argv: list[str]) -> int:
     if args.side == "ours":
         from benchmarks import ours
 
-        args.result.write_bytes(dumps(ours.run(tier)))
+        args.result.write_bytes(dumps(ours.run(tier, args.store)))
     elif args.side == "scanpy":
         from benchmarks import scanpy_side
 
         args.result.write_bytes(dumps(scanpy_side.run(tier)))
     else:
-        benchmark(tier, args.out, shlex.join(["python", "-m", "benchmarks", *argv]))
+        sides = {side.strip() for side in args.sides.split(",") if side.strip()}
+        if not sides <= set(SIDES):
+            parser.error(f"--sides: unknown side(s) {', '.join(sorted(sides - set(SIDES)))}")
+        command = shlex.join(["python", "-m", "benchmarks", *argv])
+        benchmark(tier, args.store, sides, args.out, command)
     return 0
 
 
-def benchmark(tier: Tier, out: Path, command: str) -> None:
+def benchmark(tier: Tier, store: str, sides: set[str], out: Path, command: str) -> None:
     from benchmarks import report
     from benchmarks.scanpy_side import estimated_peak_bytes
 
@@ -62,7 +78,9 @@ def benchmark(tier: Tier, out: Path, command: str) -> None:
 
     needed = estimated_peak_bytes(tier.dataset.n_cells, nnz)
     available = psutil.virtual_memory().available
-    if needed > available:
+    if "scanpy" not in sides:
+        scanpy = {"skipped": "not run: left out by --sides"}
+    elif needed > available:
         scanpy = {
             "skipped": f"not run: its estimated peak memory, {needed / (1 << 30):.1f} GiB, is "
             f"more than the {available / (1 << 30):.1f} GiB available"
@@ -70,25 +88,29 @@ def benchmark(tier: Tier, out: Path, command: str) -> None:
         print(f"scanpy {scanpy['skipped']}", flush=True)
     else:
         scanpy = _run_side("scanpy", tier)
-    ours = _run_side("ours", tier)
+    ours = _run_side("ours", tier, "--store", store)
     if "skipped" in ours:
         raise SystemExit(f"our side failed: {ours['skipped']}")
 
-    header = {"tier": tier.name, "command": command, "started_at": started_at}
+    header = {"tier": tier.name, "store": store, "command": command, "started_at": started_at}
     combined = report.combine(header | {"machine": host, "dataset": dataset}, ours, scanpy)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{tier.name}.json").write_bytes(dumps(combined))
-    (out / f"{tier.name}.md").write_text(report.markdown(combined))
+    name = tier.name if store == "local" else f"{tier.name}-{store}"
+    (out / f"{name}.json").write_bytes(dumps(combined))
+    (out / f"{name}.md").write_text(report.markdown(combined))
     print(f"\n{report.measures_table(combined)}\n")
-    print(f"wrote {out / f'{tier.name}.json'} and {out / f'{tier.name}.md'}")
+    if store == "s3":
+        print(f"{report.s3_table(combined)}\n")
+    print(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}")
 
 
-def _run_side(side: str, tier: Tier) -> dict:
+def _run_side(side: str, tier: Tier, *options: str) -> dict:
     """One side's results, run in a process of its own; `{"skipped": why}` if it failed."""
     print(f"running the {side} side", flush=True)
     with tempfile.TemporaryDirectory(prefix="benchmarks-") as folder:
         result = Path(folder) / f"{side}.json"
         command = [sys.executable, "-m", "benchmarks", "--tier", tier.name, "--side", side]
+        command += options
         finished = subprocess.run([*command, "--result", str(result)], cwd=ROOT, check=False)
         if finished.returncode != 0:
             return {"skipped": f"its process failed with exit status {finished.returncode}"}

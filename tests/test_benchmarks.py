@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import MEASURES
+from benchmarks.report import MEASURES, s3_latency
 from worker.jsonio import loads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +43,37 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
     assert any(process.startswith("Dask worker") for process in processes)
     assert report["peak_rss_mib_by_process"]["scanpy"]["scanpy process"] > 0
     assert "| PrepareExperiment |" in (tmp_path / "tiny.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tiny_tier_on_s3_reports_requests_at_both_latencies(tmp_path):
+    """`--store s3` (our side only): each measure at 0 ms and at 25 ms, with the S3 requests
+    the proxy saw; the reads repeat the same requests at either latency (give or take a
+    manifest read), and the report has the S3 table with its goals."""
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tier", "tiny", "--store", "s3",
+         "--sides", "ours", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=850,
+    )  # fmt: skip
+    report = loads((tmp_path / "tiny-s3.json").read_bytes())
+    assert report["store"] == "s3" and "--sides" in report["scanpy_skipped"]
+    reads = ("GeneExpression, 1 gene", "GeneExpression, 20 genes", "GetEmbedding pca")
+    for name, measure in report["measures"].items():
+        by_latency = measure["ours"]["s3"]["by_latency"]
+        assert set(by_latency) == {"0 ms", "25 ms"}, name
+        figures = s3_latency(measure["ours"])
+        assert figures["requests_per_run"] >= 0 and figures["mib_per_run"] >= 0, name
+        assert figures["p50_s"] > 0 and figures["p50_with_latency_s"] > 0, name
+        if name in reads or name in ("PrepareExperiment", "DifferentialExpression"):
+            assert figures["requests_per_run"] > 0, name
+        if name in reads:
+            # Warm: the same GETs each run; a manifest read more in some runs at most.
+            difference = figures["requests_per_run"] - figures["requests_per_run_with_latency"]
+            assert abs(difference) <= 1, name
+    prepare = report["measures"]["PrepareExperiment"]["ours"]["s3"]["by_latency"]["0 ms"]
+    assert prepare["s3_mib_sent_per_run"] > 0  # the store was written to S3
+    markdown = (tmp_path / "tiny-s3.md").read_text()
+    assert "sequential round trips" in markdown and "| GetEmbedding pca |" in markdown
