@@ -9,6 +9,7 @@ of a call is issued at once. A warm read of any slices is then one round trip.
 """
 
 import asyncio
+from collections import Counter
 from functools import cached_property
 
 import numpy as np
@@ -68,9 +69,10 @@ class ShardedVector:
         def chunks_of(part: slice) -> range:
             return range(part.start // size, -(-part.stop // size) if part.stop > part.start else 0)
 
-        encoded = await self._encoded_chunks(
-            sorted({chunk for part in parts for chunk in chunks_of(part)})
-        )
+        uses = Counter(chunk for part in parts for chunk in chunks_of(part))
+        encoded = await self._encoded_chunks(sorted(uses))
+        # Chunks that several slices share (neighbouring genes) are decoded once.
+        decoded: dict[int, np.ndarray] = {}
         values = []
         for part in parts:
             out = np.empty(max(part.stop - part.start, 0), self.dtype)
@@ -80,11 +82,13 @@ class ShardedVector:
                 target = out[low - part.start : high - part.start]
                 if encoded[chunk] is None:
                     target[:] = 0
-                elif high - low == size:
+                elif high - low == size and uses[chunk] == 1:
                     blosc.decompress(encoded[chunk], target)
                 else:
-                    chunk_values = np.frombuffer(blosc.decompress(encoded[chunk]), self.dtype)
-                    target[:] = chunk_values[low - chunk_start : high - chunk_start]
+                    if chunk not in decoded:
+                        raw = blosc.decompress(encoded[chunk])
+                        decoded[chunk] = np.frombuffer(raw, self.dtype)
+                    target[:] = decoded[chunk][low - chunk_start : high - chunk_start]
             values.append(out)
         return values
 
