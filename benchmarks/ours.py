@@ -34,7 +34,7 @@ from benchmarks.measure import (
     summary,
 )
 from benchmarks.s3_latency import S3Latency, upload_source
-from benchmarks.tiers import LIST_GENES_FILTER, LIST_GENES_LIMIT, ONE_GENE, Tier
+from benchmarks.tiers import EXPERIMENT, LIST_GENES_FILTER, LIST_GENES_LIMIT, ONE_GENE, Tier
 from worker.local.client import ApiClient, make_request
 from worker.local.emulator import Emulator, provision
 from worker.service.cluster import load_conf, start_local_cluster
@@ -48,7 +48,6 @@ from worker.tasks import TASKS
 from worker.tasks.base import TaskContext
 from worker.tasks.dispatch import Inline, run_task, validated
 
-EXPERIMENT = "benchmark"
 END_TO_END = "GeneExpression, 1 gene, send to SNS"
 RESPONSE_TIMEOUT_S = 600
 WORKER_START_TIMEOUT_S = 120

@@ -52,9 +52,11 @@ def machine() -> dict:
     }
 
 
-def combine(header: dict, ours: dict, scanpy: dict) -> dict:
+def combine(header: dict, ours: dict, scanpy: dict, soma: dict | None = None) -> dict:
     """The report: `header` (tier, command, machine, dataset), then per measure each side's
-    timings and peak memory and their ratios; `scanpy` may be `{"skipped": reason}`."""
+    timings and peak memory and their ratios; `scanpy` and `soma` (the TileDB-SOMA side) may
+    be `{"skipped": reason}`."""
+    soma = soma or {"skipped": "not run"}
     measures = {}
     for name in MEASURES:
         mine, theirs = ours["measures"][name], scanpy.get("measures", {}).get(name)
@@ -69,7 +71,10 @@ def combine(header: dict, ours: dict, scanpy: dict) -> dict:
         "peak_rss_mib_by_process": {
             "ours": ours["peak_rss_mib_by_process"],
             "scanpy": scanpy.get("peak_rss_mib_by_process"),
+            "TileDB-SOMA": soma.get("peak_rss_mib_by_process"),
         },
+        "soma_skipped": soma.get("skipped"),
+        "soma": None if "skipped" in soma else soma,
         "scanpy_pipeline_steps_s": scanpy.get("pipeline_steps_s"),
     }
 
@@ -121,6 +126,41 @@ def s3_table(report: dict) -> str:
             f"| {name} | {figures['requests_per_run']:.1f} | {figures['mib_per_run']:.1f} "
             f"| {_seconds(figures['p50_s'])} | {_seconds(figures['p50_with_latency_s'])} "
             f"| {figures['ratio']:.2f} | {figures['round_trips']:.1f} | {goal} | {met} |"
+        )
+    return "\n".join(rows)
+
+
+def soma_table(report: dict) -> str:
+    """TileDB-SOMA against our store: ingest (theirs) against PrepareExperiment (ours, which
+    does much more), size on disk, and each read timed alike in one process."""
+    soma = report["soma"]
+    prepare = main_timing(report["measures"]["PrepareExperiment"]["ours"])
+    stages = report["measures"]["PrepareExperiment"]["ours"].get("stages_s", {})
+    ingest = soma["ingest"]["in_process"]["p50_s"]
+    rows = [
+        "| measure | ours p50 | ours p90 | TileDB-SOMA p50 | TileDB-SOMA p90 | ours/TileDB-SOMA |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| ingest: our PrepareExperiment (all stages) vs from_h5ad "
+        f"| {_seconds(prepare['p50_s'])} |  | {_seconds(ingest)} |  "
+        f"| {prepare['p50_s'] / ingest:.3g} |",
+    ]
+    if "ingest" in stages:
+        rows.append(
+            f"| ingest: our ingest stage alone (X written, QC) vs from_h5ad "
+            f"| {_seconds(stages['ingest'])} |  | {_seconds(ingest)} |  "
+            f"| {stages['ingest'] / ingest:.3g} |"
+        )
+    sizes = soma["size_on_disk_mib"]
+    rows.append(
+        f"| size on disk, MiB (ours: both copies of the counts, PCA, graph) "
+        f"| {sizes['ours']:.0f} |  | {sizes['soma']:.0f} |  | {sizes['ours'] / sizes['soma']:.3g} |"
+    )
+    for name, sides in soma["queries"].items():
+        ours, theirs = sides["ours"]["in_process"], sides["soma"]["in_process"]
+        rows.append(
+            f"| {name} | {_seconds(ours['p50_s'])} | {_seconds(ours['p90_s'])} "
+            f"| {_seconds(theirs['p50_s'])} | {_seconds(theirs['p90_s'])} "
+            f"| {ours['p50_s'] / theirs['p50_s']:.3g} |"
         )
     return "\n".join(rows)
 
@@ -194,6 +234,17 @@ def markdown(report: dict) -> str:
             s3_table(report),
             "",
         ]
+    if report["soma"]:
+        lines += [
+            "TileDB-SOMA on the same h5ad (`tiledbsoma.io.from_h5ad`), each read also made on "
+            "our store in the same process (raw counts as a scipy matrix on both sides, checked "
+            "equal):",
+            "",
+            soma_table(report),
+            "",
+        ]
+    elif report.get("soma_skipped"):
+        lines += [f"TileDB-SOMA: {report['soma_skipped']}", ""]
     stages = report["measures"]["PrepareExperiment"]["ours"].get("stages_s")
     if stages:
         lines += ["Our PrepareExperiment stage by stage:", "", "| stage | time |"]

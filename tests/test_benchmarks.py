@@ -1,4 +1,5 @@
-"""`python -m benchmarks --tier tiny` end to end: every measure, both sides, in the JSON."""
+"""`python -m benchmarks --tier tiny` end to end: every measure, every side, in the JSON; and
+the same on S3, our side only, with its request counts."""
 
 import subprocess
 import sys
@@ -7,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.report import MEASURES, s3_latency
+from benchmarks.soma_side import QUERIES as SOMA_QUERIES
 from worker.jsonio import loads
+from worker.store.build import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMINGS = ("in_task", "round_trip", "send_to_sns")
 
 
 @pytest.mark.slow
@@ -25,7 +29,7 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
     assert report["scanpy_skipped"] is None
     assert list(report["measures"]) == list(MEASURES)
     for name, measure in report["measures"].items():
-        timings = [value for value in measure["ours"].values() if isinstance(value, dict)]
+        timings = [measure["ours"][key] for key in TIMINGS if key in measure["ours"]]
         assert timings, name
         for timing in timings:
             assert 0 < timing["p50_s"] <= timing["p90_s"], name
@@ -36,13 +40,25 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
         assert measure["scanpy"]["in_process"]["p50_s"] > 0, name
         assert measure["scanpy"]["peak_rss_mib"] > 0, name
         assert set(measure["ratio"]) == {"p50", "p90", "peak_rss"}, name
+    stages = report["measures"]["PrepareExperiment"]["ours"]["stages_s"]
+    assert list(stages) == list(STAGES) and all(seconds >= 0 for seconds in stages.values())
     processes = report["peak_rss_mib_by_process"]["ours"]
     queue_worker_peak = processes["worker process (python -m worker)"]
     assert processes["benchmark process (client)"] > 0
     assert 0 < report["worker_process_idle_rss_mib"] <= queue_worker_peak
     assert any(process.startswith("Dask worker") for process in processes)
     assert report["peak_rss_mib_by_process"]["scanpy"]["scanpy process"] > 0
-    assert "| PrepareExperiment |" in (tmp_path / "tiny.md").read_text()
+    soma = report["soma"]
+    assert soma["ingest"]["in_process"]["p50_s"] > 0
+    assert soma["size_on_disk_mib"]["soma"] > 0 and soma["size_on_disk_mib"]["ours"] > 0
+    assert list(soma["queries"]) == list(SOMA_QUERIES)
+    for name, sides in soma["queries"].items():
+        for side in ("ours", "soma"):
+            timing = sides[side]["in_process"]
+            assert 0 < timing["p50_s"] <= timing["p90_s"], (name, side)
+    assert report["peak_rss_mib_by_process"]["TileDB-SOMA"]["TileDB-SOMA process"] > 0
+    markdown = (tmp_path / "tiny.md").read_text()
+    assert "| PrepareExperiment |" in markdown and "| read 1 gene, all cells |" in markdown
 
 
 @pytest.mark.slow
