@@ -24,6 +24,9 @@ from worker.store.experiment import ExperimentStore, open_experiment
 from worker.tasks.gene_expression import gene_lookup
 
 MEASUREMENT = "RNA"
+# A read of one gene scans TileDB-SOMA's whole X (its tiles are ordered by cell): seconds at
+# 200k cells, so each read gets at most this long for its runs (at least 3).
+QUERY_BUDGET_S = 60.0
 QUERIES = (
     "read 1 gene, all cells",
     "read 20 genes, all cells",
@@ -58,6 +61,7 @@ def run(tier: Tier, store_root: Path, experiment_id: str) -> dict:
                         lambda read=read, genes=genes, cells=cells: _timed(read, genes, cells),
                         tier.light_repeats,
                         sampler,
+                        budget_s=QUERY_BUDGET_S,
                     )
                     for side, read in (
                         ("soma", soma.counts),
