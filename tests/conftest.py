@@ -11,6 +11,8 @@ from distributed import Client, LocalCluster
 
 from worker.local.client import ApiClient, make_request
 from worker.local.emulator import Emulator, provision
+from worker.local.redis_server import RedisServer
+from worker.service.cluster import DaskConnection
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
 from worker.settings import Settings, load_settings
@@ -36,6 +38,13 @@ def emulator():
 
 
 @pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def dask_client():
     cluster = LocalCluster(
         n_workers=2,
@@ -58,6 +67,7 @@ def embedded_default_environment() -> dict[str, str]:
     return inherited | {
         "CLUSTER_ENV": "development",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "WORKER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "WORKER_POLL_WAIT": "1",
         # The test's own LocalCluster may hold the usual dashboard port.
         "DASK_WORKER__LOCAL_CLUSTER__DASHBOARD_ADDRESS": ":0",
@@ -97,8 +107,9 @@ class RunningWorker:
         self.sqs = aws_client("sqs", settings.aws)
         self.queue = WorkQueue(settings)
         self.health = HealthServer(host="127.0.0.1", port=0, stale_after_s=30)
+        self.dask = DaskConnection(client, check_builds=False)
         self.worker = QueueWorker(
-            settings, client, self.queue, protocols or [SeedProtocol(settings)], self.health
+            settings, self.dask, self.queue, protocols or [SeedProtocol(settings)], self.health
         )
         self.api = ApiClient(settings)
         self._thread = threading.Thread(target=self.worker.run, daemon=True)
@@ -117,6 +128,7 @@ class RunningWorker:
         self.worker.stop()
         self._thread.join(timeout=60)
         assert not self._thread.is_alive()
+        self.dask.close()
 
 
 @pytest.fixture

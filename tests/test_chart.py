@@ -134,6 +134,7 @@ OPTIONS: dict[str, dict] = {
     },
     "placement": {values: placement(component) for values, component in COMPONENTS.items()},
     "platform": {
+        "aws": {"accountId": "123456789012"},
         "worker": {
             "redisUrl": "redis://redis.platform:6379/0",
             "apiUrl": "http://api.platform:3000",
@@ -954,6 +955,7 @@ def test_the_worker_and_the_dask_workers_share_the_release_settings(chart):
     defaults = pods(chart.option("defaults"))
     worker_env, dask_env = env_of(defaults["worker"]), env_of(defaults["dask-worker"])
     assert worker_env["WORKER_REDIS_URL"] == "" and worker_env["WORKER_API_URL"] == ""
+    assert "AWS_ACCOUNT_ID" not in worker_env
     shared = {name: value for name, value in worker_env.items() if name != "WORKER_SHUTDOWN_GRACE"}
     assert shared.items() <= dask_env.items()
     assert "envFrom" not in container(defaults["worker"])
@@ -963,6 +965,7 @@ def test_the_worker_and_the_dask_workers_share_the_release_settings(chart):
         env = env_of(platform[component])
         assert env["WORKER_REDIS_URL"] == "redis://redis.platform:6379/0"
         assert env["WORKER_API_URL"] == "http://api.platform:3000"
+        assert env["AWS_ACCOUNT_ID"] == "123456789012"
         assert platform[component]["spec"]["serviceAccountName"] == "platform-worker"
         assert platform[component]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert not find(chart.option("platform"), "ServiceAccount")

@@ -15,7 +15,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import version
 from pathlib import Path
 
 import anndata as ad
@@ -35,6 +34,7 @@ from tests.conftest import (
     result_body,
     upload_folder,
 )
+from tests.dask_processes import DASK, dask_environment, wait_until
 from tests.tasks.helpers import scanpy_log_normalised
 from worker.datasets.synthetic import SyntheticDataset, write_h5ad
 from worker.local.client import ApiClient
@@ -44,17 +44,7 @@ from worker.store.locations import filesystem, list_versions, read_manifest, zar
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(600)]
 
-DASK = Path(sys.executable).with_name("dask")
 SUBTASKS = ("_scan_row_block", "_assemble_segment", "_project_row_block")
-
-
-def dask_environment(**extra: str) -> dict[str, str]:
-    """This process's environment less everything the worker's settings come from."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("AWS_", "WORKER_", "DASK_", "CLUSTER_ENV"))
-    } | extra
 
 
 @contextmanager
@@ -138,15 +128,6 @@ class OutputLines:
                 return line
 
 
-def wait_until(condition, timeout_s: float, what: str):
-    """Poll `condition` until it returns something true: the scheduler offers no event for it."""
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
-
-
 @pytest.fixture(scope="module")
 def scheduler_address(tmp_path_factory) -> Iterator[str]:
     # The Dask workers log the worker's own INFO lines (the stages of a prepare) to dask-*.log.
@@ -193,35 +174,6 @@ def prepared_on_cluster(cluster_settings, cluster_worker, client) -> tuple[dict,
     with get_task_stream(client) as stream:
         result = prepare(cluster_worker, "distributed-v3", "distributed/v3")
     return result, stream.data
-
-
-def test_connect_refuses_dask_workers_with_other_package_versions(tmp_path, emulator):
-    # A dist-info ahead of site-packages on the path: that Dask worker reports worker 0.0.0,
-    # as one started from an image of another release would.
-    metadata = tmp_path / "metadata" / "worker-0.0.0.dist-info"
-    metadata.mkdir(parents=True)
-    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: worker\nVersion: 0.0.0\n")
-    message = f"runs other package versions: worker {version('worker')} here but 0.0.0 there"
-    with dask_cluster(tmp_path, n_workers=1, PYTHONPATH=str(metadata.parent)) as address:
-        with pytest.raises(RuntimeError, match=message):
-            connect(address)
-
-        started = subprocess.run(
-            [sys.executable, "-m", "worker"],
-            env=worker_environment(make_settings(emulator.url), address),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert started.returncode != 0
-    assert message in started.stderr
-    assert "listening on" not in started.stdout
-
-
-def test_connect_warns_when_no_dask_worker_has_joined_yet(tmp_path, caplog):
-    with dask_cluster(tmp_path, n_workers=0) as address, connect(address):
-        pass
-    assert f"no Dask worker at {address} yet: package versions not checked" in caplog.text
 
 
 def test_prepare_and_queries_run_on_the_clusters_workers(

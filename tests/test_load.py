@@ -1,22 +1,21 @@
 """A few hundred light requests through the real queue to one worker: each answered exactly
-once, in-flight requests within the bound, memory flat."""
+once, memory flat; and in-flight requests bounded."""
 
-import threading
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from distributed import Event
 
-from tests.conftest import (
-    SOURCE_BUCKET,
-    TENX_DATA,
-    RunningWorker,
-    make_request,
-    upload_folder,
-)
+from tests.conftest import RunningWorker, make_request
+from tests.gate import TASKS_WITH_GATE
 from worker.jsonio import dumps
+from worker.transport.seed import SeedProtocol
+
+# Prepared once for the session (tests/conftest.py prepared_10x).
+EXPERIMENT = "shared-v3-mtx-gz"
 
 LIGHT_BODIES = [
     {"name": "ListGenes", "limit": 5, "geneNamesFilter": "%A%"},
@@ -58,34 +57,15 @@ def answer_all(running: RunningWorker, requests: list[dict], timeout_s: float) -
     return answered
 
 
-@pytest.mark.timeout(800)
-def test_hundreds_of_light_requests(settings, dask_client):
+@pytest.mark.timeout(600)
+def test_hundreds_of_light_requests(settings, dask_client, prepared_10x):
+    """300 requests on a prepared experiment: each answered exactly once, memory flat."""
     running = RunningWorker(settings, dask_client)
-    upload_folder(settings, TENX_DATA / "v3_mtx_gz", SOURCE_BUCKET, "load/v3")
-    prepare = {
-        "name": "PrepareExperiment",
-        "sourceBucket": SOURCE_BUCKET,
-        "sourceMatrixPath": "load/v3",
-    }
-    assert running.ask(prepare, "load", timeout_s=420)["response"]["error"] is False
-
-    peak_in_flight = 0
-    sampling = threading.Event()
-
-    def sample_in_flight() -> None:
-        nonlocal peak_in_flight
-        while not sampling.is_set():
-            value = running.health.registry.get_sample_value("worker_requests_in_flight")
-            peak_in_flight = max(peak_in_flight, int(value))
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample_in_flight, daemon=True)
-    sampler.start()
     try:
         rss = []
         for _batch in range(2):
             requests = [
-                make_request(LIGHT_BODIES[i % len(LIGHT_BODIES)], "load") for i in range(150)
+                make_request(LIGHT_BODIES[i % len(LIGHT_BODIES)], EXPERIMENT) for i in range(150)
             ]
             send_all(running, requests)
             answered = answer_all(running, requests, timeout_s=150)
@@ -93,9 +73,40 @@ def test_hundreds_of_light_requests(settings, dask_client):
             assert set(answered) == {request["uuid"] for request in requests}
             rss.append(rss_mib())
     finally:
-        sampling.set()
-        sampler.join()
         running.stop()
-    assert 1 < peak_in_flight <= settings.max_in_flight
     # The first batch warms caches and pools; the second must not grow memory with requests.
     assert rss[1] - rss[0] < 32, f"RSS grew from {rss[0]:.0f} to {rss[1]:.0f} MiB"
+
+
+@pytest.mark.timeout(120)
+def test_requests_in_flight_reach_the_bound_and_never_pass_it(settings, dask_client):
+    """More held requests than slots: exactly `max_in_flight` are received and computing, the
+    rest wait on the queue, and all are answered once released."""
+    running = RunningWorker(settings, dask_client, [SeedProtocol(settings, TASKS_WITH_GATE)])
+    gate = f"gate-{uuid.uuid4()}"
+    requests = [
+        make_request({"name": "Gate", "event": gate}, "gated")
+        for _ in range(settings.max_in_flight + 2)
+    ]
+    try:
+        send_all(running, requests)
+        in_flight = running.health.registry
+        deadline = time.monotonic() + 60
+        while in_flight.get_sample_value("worker_requests_in_flight") < settings.max_in_flight:
+            assert time.monotonic() < deadline, "the slots never filled"
+            time.sleep(0.05)
+        attributes = running.sqs.get_queue_attributes(
+            QueueUrl=running.queue.url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        assert attributes == {
+            "ApproximateNumberOfMessages": "2",
+            "ApproximateNumberOfMessagesNotVisible": str(settings.max_in_flight),
+        }
+        assert in_flight.get_sample_value("worker_requests_in_flight") == settings.max_in_flight
+        Event(gate, client=dask_client).set()
+        answered = answer_all(running, requests, timeout_s=60)
+        assert set(answered.values()) == {1}
+    finally:
+        Event(gate, client=dask_client).set()
+        running.stop()

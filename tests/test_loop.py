@@ -1,6 +1,7 @@
 """The queue loop through real SQS/SNS/S3 (moto server) and a real LocalCluster."""
 
 import logging
+import threading
 import time
 import uuid
 
@@ -275,3 +276,34 @@ def test_visibility_is_extended_while_a_task_runs(settings, dask_client, caplog)
     finally:
         gate.set()
         running.stop()
+
+
+def test_a_poll_abandoned_at_stop_gives_back_what_it_receives(settings, dask_client, caplog):
+    """stop() does not wait for a long poll in progress; a message that poll still receives is
+    made visible again at once."""
+    long_poll = settings.model_copy(update={"poll_wait_s": 20})
+    with caplog.at_level(logging.INFO, logger="worker.service.loop"):
+        running = RunningWorker(long_poll, dask_client)
+        # The thread's only work is the long poll: while it lives, the poll is in progress.
+        deadline = time.monotonic() + 30
+        while not any(thread.name == "receive" for thread in threading.enumerate()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        running.stop()
+        assert "stopping with a receive in progress" in caplog.text
+        request = make_request({"name": "ListGenes"}, "abandoned")
+        running.send(request)
+        deadline = time.monotonic() + 30
+        while '"outcome":"released"' not in caplog.text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert '"reason":"received as the worker stopped"' in caplog.text
+    # Visible again long before its visibility timeout (30 s) would have ended.
+    wait_for_queue(running, visible="1", in_flight="0", timeout_s=10)
+    reply = running.sqs.receive_message(
+        QueueUrl=running.queue.url, WaitTimeSeconds=1, MessageSystemAttributeNames=["All"]
+    )
+    [message] = reply["Messages"]
+    assert message["Body"] == dumps(request).decode()
+    # Received once by the abandoned poll, once here.
+    assert message["Attributes"]["ApproximateReceiveCount"] == "2"

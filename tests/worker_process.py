@@ -38,7 +38,8 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A worker in a process group of its own, so a kill takes its Dask workers with it."""
+    """A worker in a process group of its own. Its LocalCluster's Dask worker processes have
+    sessions of their own; they stop when it dies (their nanny's pipe closes)."""
 
     def __init__(self, environment: dict[str, str], log_path: Path):
         self.log_path = log_path
@@ -62,7 +63,7 @@ class WorkerProcess:
             time.sleep(0.2)
 
     def kill(self) -> None:
-        """SIGKILL the worker and everything it started: no shutdown code runs."""
+        """SIGKILL the worker and its process group: no shutdown code runs."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
@@ -71,7 +72,7 @@ class WorkerProcess:
             self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=60)
-        # The LocalCluster's processes, if SIGTERM left any behind.
+        # Whatever of its process group SIGTERM left behind.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)

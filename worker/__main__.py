@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(settings)
     except ClusterMismatch as mismatch:
-        print(f"refusing to start: {mismatch}", file=sys.stderr)
+        print(f"refusing the Dask cluster: {mismatch}", file=sys.stderr)
         return 2
 
 

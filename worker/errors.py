@@ -44,6 +44,24 @@ class TaskFailed(WorkerError):
     code = "TaskFailed"
 
 
+class GeneNotFound(WorkerError):
+    """None of the genes asked for exists (the v2 GeneExpression)."""
+
+    code = "GeneNotFound"
+
+
+class EmptyCellSet(WorkerError):
+    """A selection of cells came out empty where the task needs some."""
+
+    code = "EmptyCellSet"
+
+
+class EmptyRootNodes(WorkerError):
+    """A trajectory's pseudotime was asked from no root node."""
+
+    code = "EmptyRootNodes"
+
+
 class PoisonMessage(Exception):
     """A message that cannot be answered (not JSON, nobody to answer to): it goes to the
     dead-letter queue."""

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ClusterEnv = Literal["development", "test", "staging", "production"]
 DEFAULT_ENDPOINT = "http://localhost:4566"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,16 @@ class Settings(BaseSettings):
     start_emulator: bool = _variable("WORKER_START_EMULATOR", True)
     seed_sample: bool = _variable("WORKER_SEED_SAMPLE", True)
     max_receive_count: int = 3
+    # Cellenics v2: its results bucket is named after the AWS account, as the platform names it.
+    aws_account_id: str = _variable("AWS_ACCOUNT_ID", "", pattern=r"^(\d{12})?$")
+    v2_results_bucket: str = _variable("WORKER_V2_RESULTS_BUCKET", "")
+    # The platform's Redis (socket.io notifications) and API (cell set updates); in development
+    # and test a Redis is started when none is named.
+    redis_url: str | None = _variable("WORKER_REDIS_URL")
+    start_redis: bool = _variable("WORKER_START_REDIS", True)
+    api_url: str | None = _variable("WORKER_API_URL")
+    # ScTypeAnnotate's marker database: an s3:// URL of ScTypeDB_full.xlsx (sc-type's).
+    sctype_db: str | None = _variable("WORKER_SCTYPE_DB", None, pattern=r"^s3://[^/]+/.+\.xlsx$")
 
     @field_validator("source_buckets", mode="before")
     @classmethod
@@ -85,7 +96,15 @@ class Settings(BaseSettings):
             return tuple(bucket.strip() for bucket in value.split(",") if bucket.strip())
         return value
 
-    @field_validator("aws_endpoint_url", "dask_scheduler_address", "health_port", mode="before")
+    @field_validator(
+        "aws_endpoint_url",
+        "dask_scheduler_address",
+        "health_port",
+        "redis_url",
+        "api_url",
+        "sctype_db",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value):
         return None if value == "" else value
@@ -112,9 +131,16 @@ class Settings(BaseSettings):
                 object.__setattr__(self, name, default)
         if not self.store_root:
             object.__setattr__(self, "store_root", f"s3://{self.processed_bucket}")
+        # Deployed, the account must be given; without it the v2 protocol is not served.
+        account = self.aws_account_id or ("" if deployed else "000000000000")
+        if not self.v2_results_bucket and account:
+            object.__setattr__(self, "v2_results_bucket", f"worker-results-{env}-{account}")
         if deployed:
             object.__setattr__(self, "start_emulator", False)
+            object.__setattr__(self, "start_redis", False)
             object.__setattr__(self, "seed_sample", False)
+        elif self.redis_url is None:
+            object.__setattr__(self, "redis_url", DEFAULT_REDIS)
         return self
 
     @property

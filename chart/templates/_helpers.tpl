@@ -173,7 +173,9 @@ always set, empty meaning none, so that no default of another environment applie
     "WORKER_RESULTS_BUCKET" .Values.worker.resultsBucket
     "WORKER_PROCESSED_BUCKET" .Values.worker.processedBucket
     "WORKER_CELL_SETS_BUCKET" .Values.worker.cellSetsBucket
-    "WORKER_SOURCE_BUCKETS" .Values.worker.sourceBuckets }}
+    "WORKER_SOURCE_BUCKETS" .Values.worker.sourceBuckets
+    "WORKER_V2_RESULTS_BUCKET" .Values.worker.v2ResultsBucket
+    "AWS_ACCOUNT_ID" .Values.aws.accountId }}
 {{- if $value }}
 - name: {{ $name }}
   value: {{ $value | quote }}

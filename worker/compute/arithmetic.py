@@ -51,3 +51,10 @@ def scale(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """`pp.scale(max_value=10)` of float64 `values` with the given (broadcast) parameters."""
     scaled = (values - mean) / std
     return np.clip(scaled, -SCALE_MAX_VALUE, SCALE_MAX_VALUE, out=scaled)
+
+
+def log10_counts(counts: np.ndarray) -> np.ndarray:
+    """log10 of each count, float32 (Cellenics v2 shows counts per cell so); 0 gives -inf,
+    which JSON writes as null."""
+    with np.errstate(divide="ignore"):
+        return np.log10(np.asarray(counts, dtype=np.float64)).astype(np.float32)

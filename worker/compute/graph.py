@@ -7,7 +7,7 @@ registry, and without them it stays a fraction of the size (DESIGN: idle worker 
 """
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -181,17 +181,37 @@ def embed_umap(
     return adata.obsm["X_umap"].astype(np.float32)
 
 
+# openTSNE's iterations (its defaults: early exaggeration, then the rest), and how often it
+# calls back.
+TSNE_ITERATIONS = 250 + 500
+TSNE_CALLBACK_EVERY = 50
+
+
 def embed_tsne(
     x_pca: np.ndarray,
     *,
     perplexity: float = 30,
     learning_rate: float = 200,
     random_state: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """t-SNE coordinates (n x 2, float32) by openTSNE."""
+    """t-SNE coordinates (n x 2, float32) by openTSNE; `progress(done, total)` is called with
+    the iterations done every TSNE_CALLBACK_EVERY iterations."""
     from openTSNE import TSNE
 
+    done = 0
+
+    def iterated(iteration: int, error: float, embedding: np.ndarray) -> bool:
+        nonlocal done
+        done = min(done + TSNE_CALLBACK_EVERY, TSNE_ITERATIONS)
+        progress(done, TSNE_ITERATIONS)
+        return False  # go on
+
     embedding = TSNE(
-        perplexity=perplexity, learning_rate=learning_rate, random_state=random_state
+        perplexity=perplexity,
+        learning_rate=learning_rate,
+        random_state=random_state,
+        callbacks=None if progress is None else iterated,
+        callbacks_every_iters=TSNE_CALLBACK_EVERY,
     ).fit(x_pca)
     return np.asarray(embedding, dtype=np.float32)

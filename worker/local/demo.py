@@ -5,6 +5,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,12 @@ from matplotlib.figure import Figure
 
 from worker.local.client import ApiClient
 from worker.local.sample import SAMPLE_BUCKET, SAMPLE_EXPERIMENT, SAMPLE_PREFIX
-from worker.service.app import started
+from worker.service.app import protocols, started
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
 from worker.settings import Settings
 from worker.store.cell_sets import CellSets, CellSetsLocation
 from worker.transport.queue import WorkQueue
-from worker.transport.seed import SeedProtocol
 
 ANSWER_TIMEOUT_S = 600
 MARKER_GENES = ["CST3", "TGFB1", "NKG7", "MS4A1"]
@@ -291,10 +291,11 @@ def run_demo(settings: Settings, out_dir: Path) -> int:
     # A short poll lets the worker stop within a second once the demo is done.
     settings = settings.model_copy(update={"seed_sample": True, "poll_wait_s": 1})
     # The demo's own first request prepares the sample, through the queue.
-    with started(settings, prepare_sample=False) as dask_client:
+    with started(settings, prepare_sample=False) as dask, ExitStack() as resources:
         health = HealthServer(host="127.0.0.1", port=0, stale_after_s=60)
         queue = WorkQueue(settings)
-        worker = QueueWorker(settings, dask_client, queue, [SeedProtocol(settings)], health)
+        served = protocols(settings, resources)
+        worker = QueueWorker(settings, dask, queue, served, health)
         serving = threading.Thread(target=worker.run, name="demo-worker")
         serving.start()
         try:

@@ -1,8 +1,8 @@
 """The embedded AWS emulator (moto's server) and the resources the worker expects on it."""
 
 import logging
+import os
 import socket
-import subprocess
 import sys
 import time
 from urllib.parse import urlsplit
@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from botocore.exceptions import ClientError
 
 from worker.jsonio import dumps
+from worker.local.children import start_child, stop_child, wait_until_stdin_closes
 from worker.settings import Settings
 from worker.transport.aws import aws_client
 
@@ -26,16 +27,12 @@ def endpoint_listening(url: str, timeout_s: float = 0.5) -> bool:
 
 
 class Emulator:
-    """moto's server in a child process, bound to 127.0.0.1 only."""
+    """moto's server in a child process (worker/local/children.py), bound to 127.0.0.1 only."""
 
     def __init__(self, port: int):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self._process = start_child("worker.local.emulator", str(port))
         deadline = time.monotonic() + 30
         while not endpoint_listening(self.url, timeout_s=0.2):
             if self._process.poll() is not None or time.monotonic() > deadline:
@@ -44,13 +41,20 @@ class Emulator:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_child(self._process)
+
+
+def serve_until_stdin_closes(port: int) -> None:
+    """moto's server on 127.0.0.1:`port` until standard input reaches its end."""
+    # moto is a development dependency: imported here, never by a deployed worker.
+    from moto.server import ThreadedMotoServer
+
+    # As moto's own command sets it: where moto says its endpoints are.
+    os.environ.setdefault("MOTO_PORT", str(port))
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    wait_until_stdin_closes()
+    server.stop()
 
 
 def provision(settings: Settings) -> str:
@@ -100,6 +104,7 @@ def provision(settings: Settings) -> str:
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=results_arn)
     buckets = {
         settings.results_bucket,
+        *([settings.v2_results_bucket] if settings.v2_results_bucket else []),
         settings.processed_bucket,
         settings.cell_sets_bucket,
         *settings.source_buckets,
@@ -117,3 +122,7 @@ def provision(settings: Settings) -> str:
             ):
                 raise
     return queue_url
+
+
+if __name__ == "__main__":
+    serve_until_stdin_closes(int(sys.argv[1]))

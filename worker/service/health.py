@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -24,15 +25,26 @@ TEXT = "text/plain; charset=utf-8"
 
 
 class HealthServer:
-    """Serves `GET /healthz` (is the queue loop still polling?) and `GET /metrics`.
+    """Serves `GET /healthz` (is the queue loop still polling, and does every check pass?) and
+    `GET /metrics`.
 
     Each instance has its own metrics registry, so several can live in one process.
     """
 
-    def __init__(self, *, host: str, port: int, stale_after_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        stale_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._address = (host, port)
         self._stale_after_s = stale_after_s
-        self._last_poll = time.monotonic()
+        # The time staleness is measured in; tests pass a clock they move themselves.
+        self._clock = clock
+        self._last_poll = clock()
+        self._checks: list[Callable[[], str | None]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -59,7 +71,7 @@ class HealthServer:
     def start(self) -> None:
         """Bind the port and serve from a daemon thread."""
         # The loop has not polled yet: give it stale_after_s from now before reporting stale.
-        self._last_poll = time.monotonic()
+        self._last_poll = self._clock()
         self._httpd = ThreadingHTTPServer(self._address, _handler_for(self))
         # serve_forever notices shutdown() only between polls: poll often so stop() returns at once.
         self._thread = threading.Thread(
@@ -88,12 +100,23 @@ class HealthServer:
         return self._httpd.server_port
 
     def mark_polled(self) -> None:
-        """Record that the queue loop has just returned from a receive call."""
-        self._last_poll = time.monotonic()
+        """Record that the queue loop is alive: it has just received, or waits on purpose."""
+        self._last_poll = self._clock()
 
-    def is_healthy(self) -> bool:
-        """Whether the queue loop polled within stale_after_s (or started that recently)."""
-        return time.monotonic() - self._last_poll <= self._stale_after_s
+    def add_check(self, check: Callable[[], str | None]) -> None:
+        """Report unhealthy while `check` returns a reason (the first failing check's is shown)."""
+        self._checks.append(check)
+
+    def problem(self) -> str | None:
+        """Why the worker is unhealthy, or None: a failing check, or a queue loop that has not
+        polled within stale_after_s (nor started that recently)."""
+        for check in self._checks:
+            reason = check()
+            if reason is not None:
+                return reason
+        if self._clock() - self._last_poll > self._stale_after_s:
+            return "stale: the queue loop has not polled"
+        return None
 
     def request_finished(self, task: str, outcome: str, seconds: float) -> None:
         """Count one finished request and observe how long it took."""
@@ -112,10 +135,11 @@ def _handler_for(health: HealthServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             if path == "/healthz":
-                if health.is_healthy():
+                problem = health.problem()
+                if problem is None:
                     self._reply(200, b"ok", TEXT)
                 else:
-                    self._reply(503, b"stale: the queue loop has not polled", TEXT)
+                    self._reply(503, problem.encode(), TEXT)
             elif path == "/metrics":
                 self._reply(200, generate_latest(health.registry), CONTENT_TYPE_LATEST)
             else:

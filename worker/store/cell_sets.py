@@ -1,8 +1,13 @@
 """Cell sets: the JSON hierarchies stored per experiment in the cell sets bucket, read with their
 ETag and written only over the version read (S3 conditional writes), so that two writers never
-lose each other's update."""
+lose each other's update; or changed through the platform's API, which owns them in Cellenics
+v2, by a PATCH of json-merger operations."""
 
+import copy
 import logging
+import re
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +15,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.errors import CellSetNotFound, ConcurrentUpdate
+from worker.errors import CellSetNotFound, ConcurrentUpdate, TransportError
 from worker.jsonio import dumps, loads
 from worker.settings import AwsSettings
 from worker.transport.aws import error_code, shared_client, transport_error
@@ -89,6 +94,13 @@ class CellSets:
         in_set[self.ids(key, n_cells)] = True
         return in_set
 
+    def union_mask(self, keys: list[str], n_cells: int) -> np.ndarray:
+        """The cells of any of the nodes `keys` (a parent: its children's)."""
+        in_union = np.zeros(n_cells, dtype=bool)
+        for key in keys:
+            in_union[self.ids(key, n_cells)] = True
+        return in_union
+
     def siblings_mask(self, key: str, n_cells: int) -> np.ndarray:
         """The cells of the sets beside `key` in its hierarchy."""
         in_siblings = np.zeros(n_cells, dtype=bool)
@@ -150,6 +162,108 @@ def _find(nodes: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
         if found is not None:
             return found
     return None
+
+
+@dataclass(frozen=True)
+class PlatformApi:
+    """The platform's API, which applies cell set changes for a Cellenics v2 request with the
+    user's authorization."""
+
+    url: str
+    authorization: str | None
+
+
+MERGER_CONTENT_TYPE = "application/boschni-json-merger+json"
+API_TIMEOUT_S = 30
+
+
+def change_cell_sets(
+    location: CellSetsLocation, api: PlatformApi | None, operations: list[dict[str, Any]]
+) -> None:
+    """Apply json-merger `operations` to the experiment's cell sets: through the platform's API
+    when there is one (`PATCH {api}/v2/experiments/{id}/cellSets`, as the platform's R worker
+    sends it), else directly to the stored object, conditionally."""
+    if api is None:
+        update_cell_sets(
+            location, lambda current: apply_merger_patch(current.hierarchies, operations)
+        )
+        return
+    request = urllib.request.Request(
+        f"{api.url.rstrip('/')}/v2/experiments/{location.experiment_id}/cellSets",
+        data=dumps(operations),
+        method="PATCH",
+        headers={"Content-Type": MERGER_CONTENT_TYPE}
+        | ({"Authorization": api.authorization} if api.authorization else {}),
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as reply:
+            reply.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read()[:500].decode(errors="replace")
+        raise TransportError("api", "PATCH cellSets", f"HTTP {error.code}: {detail}") from error
+    except OSError as error:
+        raise TransportError("api", "PATCH cellSets", str(error)) from error
+
+
+# The only query the platform's workers send: the first element whose key is K.
+MATCH_KEY = re.compile(r"""^\$\[\?\(@\.key ?== ?(["'])(?P<key>.*)\1\)\]$""")
+
+
+def apply_merger_patch(
+    hierarchies: list[dict[str, Any]], operations: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`hierarchies` changed by json-merger `operations`, the subset the platform uses:
+    `{"$match": {"query": '$[?(@.key == "K")]', "value": V}}` (no match: nothing), where V is
+    `{"$remove": true}` or an object merged into the match (lists item by item, where an item
+    `{"$insert": {"index": "-" | i, "value": X}}` inserts X); `{"$prepend": X}`; `{"$append": X}`.
+    Raises ValueError on anything else."""
+    result = copy.deepcopy(hierarchies)
+    for operation in operations:
+        if not isinstance(operation, dict) or len(operation) != 1:
+            raise ValueError(f"not a json-merger operation: {str(operation)[:200]}")
+        ((command, argument),) = operation.items()
+        if command == "$prepend":
+            result.insert(0, copy.deepcopy(argument))
+        elif command == "$append":
+            result.append(copy.deepcopy(argument))
+        elif command == "$match":
+            found = MATCH_KEY.match(str(argument.get("query", "")))
+            if found is None:
+                raise ValueError(f"unsupported $match query {str(argument.get('query'))[:200]!r}")
+            index = next(
+                (i for i, node in enumerate(result) if node.get("key") == found["key"]), None
+            )
+            if index is None:
+                continue
+            value = argument.get("value")
+            if value == {"$remove": True}:
+                del result[index]
+            else:
+                result[index] = _merged(result[index], value)
+        else:
+            raise ValueError(f"unsupported json-merger operation {command!r}")
+    return result
+
+
+def _merged(target: Any, source: Any) -> Any:
+    if isinstance(source, dict) and isinstance(target, dict):
+        merged = dict(target)
+        for key, value in source.items():
+            merged[key] = _merged(target.get(key), value)
+        return merged
+    if isinstance(source, list) and isinstance(target, list):
+        merged = list(target)
+        for position, item in enumerate(source):
+            if isinstance(item, dict) and set(item) == {"$insert"}:
+                insert = item["$insert"]
+                at = len(merged) if insert.get("index") == "-" else int(insert["index"])
+                merged.insert(at, copy.deepcopy(insert["value"]))
+            elif position < len(merged):
+                merged[position] = _merged(merged[position], item)
+            else:
+                merged.append(copy.deepcopy(item))
+        return merged
+    return copy.deepcopy(source)
 
 
 def _parent_of(nodes: list[dict[str, Any]], key: str) -> dict[str, Any] | None:

@@ -1,18 +1,21 @@
-"""GeneExpression: log-normalised (optionally scaled) values of a few genes in selected cells."""
+"""GeneExpression: log-normalised (optionally scaled) values of a few genes in selected cells;
+in Cellenics v2, a sparse cells x genes matrix of them with the statistics of its colour scale."""
 
 import weakref
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 
 from worker.compute.arithmetic import entry_rows, scale, scale_parameters
-from worker.compute.summary import sparse_summary, summary
-from worker.errors import InvalidRequest
+from worker.compute.summary import expression_stats, sparse_summary, summary
+from worker.errors import GeneNotFound, InvalidRequest
 from worker.jsonio import Encoded, encoded, joined_array, joined_object
+from worker.store.cell_sets import CellSets
 from worker.store.experiment import ExperimentStore
-from worker.tasks.base import Task, TaskBody, TaskContext
+from worker.store.gene_index import matching_ignoring_case
+from worker.tasks.base import Task, TaskBody, TaskContext, V2TaskBody
 
 MAX_GENES = 1000
 MAX_CELL_SETS = 1000
@@ -130,3 +133,139 @@ def gene_expression(context: TaskContext, body: GeneExpressionBody) -> Encoded:
 
 
 TASK = Task(name="GeneExpression", body=GeneExpressionBody, cacheable=True, compute=gene_expression)
+
+
+class DownsampleSettings(BaseModel):
+    """Which cells the rows are: `cellIds` as given, else sampled from the buckets of
+    `selectedCellSet` split by `groupedTracks`. Older UIs' `selectedPoints` and
+    `hiddenCellSets` are ignored, as the platform's worker ignores them."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    cellIds: list[int] | None = None
+    selectedCellSet: str | None = None
+    groupedTracks: list[str] | None = None
+
+
+class GeneExpressionV2Body(V2TaskBody):
+    # Older UIs also send `downsampled` and `scale`: ignored, as upstream's worker does.
+    name: Literal["GeneExpression"]
+    genes: list[str]
+    downsampleSettings: DownsampleSettings | None = None
+
+
+# At most this many cells of each bucket (the platform's `get_bucketed_heatmap_cells`).
+MAX_CELLS_PER_BUCKET = 1000
+
+
+def bucketed_cells(
+    cell_sets: CellSets, settings: DownsampleSettings, n_cells: int, seed: int
+) -> np.ndarray:
+    """The cells of `selectedCellSet` that are in `louvain`, split by the children of each
+    grouped track in turn (each bucket into its intersections with the children, in order,
+    then its cells in none), at most MAX_CELLS_PER_BUCKET of each bucket drawn at random
+    (seeded), ascending within a bucket, buckets one after the other."""
+    if settings.selectedCellSet is None or settings.groupedTracks is None:
+        raise InvalidRequest(
+            "invalid request: body.downsampleSettings: selectedCellSet and groupedTracks are "
+            "required when cellIds is not given"
+        )
+    enabled = np.intersect1d(
+        cell_sets.ids(settings.selectedCellSet, n_cells), cell_sets.ids("louvain", n_cells)
+    )
+    if not settings.groupedTracks or not len(enabled):
+        return np.zeros(0, dtype=np.int64)
+    buckets = [enabled]
+    for track in settings.groupedTracks:
+        children = [
+            cell_sets.ids(child["key"], n_cells)
+            for child in cell_sets.node(track).get("children") or []
+        ]
+        in_a_child = np.concatenate([enabled[:0], *children])
+        split = []
+        for bucket in buckets:
+            parts = [np.intersect1d(bucket, ids) for ids in children]
+            parts.append(np.setdiff1d(bucket, in_a_child))
+            split.extend(part for part in parts if len(part))
+        buckets = split
+    rng = np.random.default_rng(seed)
+    return np.concatenate(
+        [
+            np.sort(rng.choice(bucket, MAX_CELLS_PER_BUCKET, replace=False))
+            if len(bucket) > MAX_CELLS_PER_BUCKET
+            else bucket
+            for bucket in buckets
+        ]
+    )
+
+
+def rows_in_order(values: sparse.csc_array, cell_ids: np.ndarray) -> sparse.csc_array:
+    """Rows `cell_ids` of a cells x genes matrix, in that order (an id may repeat; one outside
+    the matrix is an empty row), row indices ascending within each gene."""
+    n_cells, n_genes = values.shape
+    inside = cell_ids[(cell_ids >= 0) & (cell_ids < n_cells)]
+    # Entries of requested cells, found through a table rather than a search of every entry.
+    kept = np.flatnonzero(np.bincount(inside, minlength=n_cells)[values.indices] > 0)
+    cells, genes = values.indices[kept], entry_rows(values.indptr)[kept]
+    # Each kept entry goes to every row that asks for its cell (a run of the sorted ids).
+    order = np.argsort(cell_ids, kind="stable")
+    sorted_ids = cell_ids[order]
+    first = np.searchsorted(sorted_ids, cells, "left")
+    copies = np.searchsorted(sorted_ids, cells, "right") - first
+    entries = np.repeat(np.arange(len(kept)), copies)
+    run_starts = np.repeat(np.cumsum(copies) - copies, copies)
+    rows = order[first[entries] + np.arange(len(entries)) - run_starts]
+    arrangement = np.lexsort((rows, genes[entries]))
+    entries, rows = entries[arrangement], rows[arrangement]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(genes[entries], minlength=n_genes))])
+    return sparse.csc_array(
+        (values.data[kept][entries], rows, indptr), shape=(len(cell_ids), n_genes)
+    )
+
+
+def gene_expression_v2(context: TaskContext, body: GeneExpressionV2Body) -> dict[str, Any]:
+    store = context.store()
+    positions = matching_ignoring_case(store, body.genes)
+    if not len(positions):
+        raise GeneNotFound(f"Gene(s): {', '.join(body.genes)} not found!")
+    n_values = int(store.var["n_cells"].to_numpy()[positions].sum())
+    if n_values > MAX_VALUES:
+        raise InvalidRequest(
+            f"invalid request: body.genes: {len(positions)} genes hold {n_values} nonzero "
+            f"values, more than {MAX_VALUES}; ask for fewer genes"
+        )
+    settings = body.downsampleSettings or DownsampleSettings()
+    cell_ids = settings.cellIds
+    bucketed = settings.selectedCellSet is not None or settings.groupedTracks is not None
+    if cell_ids is None and bucketed:
+        cell_ids = bucketed_cells(
+            context.cell_sets(), settings, store.n_cells, store.parameters.random_state
+        )
+    log_values = store.log_normalised(positions)
+    indptr, nonzeros = log_values.indptr, log_values.data
+    stats = [
+        expression_stats(nonzeros[indptr[gene] : indptr[gene + 1]], store.n_cells)
+        for gene in range(len(positions))
+    ]
+    rows = log_values
+    if cell_ids is not None:
+        cell_ids = np.asarray(cell_ids, dtype=np.int64)
+        rows = rows_in_order(log_values, cell_ids)
+    return {
+        "orderedGeneNames": store.var["gene_names"].to_numpy()[positions].tolist(),
+        "stats": {
+            field: np.array([gene[field] for gene in stats])
+            for field in ("rawMean", "rawStdev", "truncatedMin", "truncatedMax")
+        },
+        "rawExpression": {
+            "values": rows.data,
+            "index": rows.indices,
+            "ptr": rows.indptr,
+            "size": list(rows.shape),
+        },
+        "cellIds": cell_ids,
+    }
+
+
+V2_TASK = Task(
+    name="GeneExpression", body=GeneExpressionV2Body, cacheable=True, compute=gene_expression_v2
+)

@@ -10,7 +10,7 @@ from scipy import sparse
 
 from worker.compute.graph import MIN_CELLS_FOR_GRAPH
 from worker.store.experiment import ExperimentStore
-from worker.tasks.base import Task, TaskBody, TaskContext
+from worker.tasks.base import Task, TaskBody, TaskContext, V2TaskBody
 
 # Kept apart from the obs table (not in its column-order), so adding it never rewrites obs.
 DOUBLET_SCORES = "obs/doublet_score"
@@ -22,7 +22,14 @@ class GetDoubletScoreBody(TaskBody):
     name: Literal["GetDoubletScore"]
 
 
-def get_doublet_score(context: TaskContext, body: GetDoubletScoreBody) -> np.ndarray:
+class GetDoubletScoreV2Body(V2TaskBody):
+    name: Literal["GetDoubletScore"]
+
+
+def get_doublet_score(
+    context: TaskContext, body: GetDoubletScoreBody | GetDoubletScoreV2Body
+) -> np.ndarray:
+    """Each cell's score, indexed by cell id (also the v2 answer's per-cell array)."""
     store = context.store()
     scores = store.cached(DOUBLET_SCORES)
     if scores is None:
@@ -56,4 +63,7 @@ def doublet_scores(store: ExperimentStore) -> np.ndarray:
 
 TASK = Task(
     name="GetDoubletScore", body=GetDoubletScoreBody, cacheable=True, compute=get_doublet_score
+)
+V2_TASK = Task(
+    name="GetDoubletScore", body=GetDoubletScoreV2Body, cacheable=True, compute=get_doublet_score
 )

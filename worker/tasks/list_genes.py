@@ -1,4 +1,5 @@
-"""ListGenes: a page of the gene table, filtered by a LIKE pattern and ordered by a field."""
+"""ListGenes: a page of the gene table, filtered by a LIKE pattern (Cellenics v2: a regular
+expression) and ordered by a field."""
 
 import re
 import weakref
@@ -8,8 +9,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from worker.errors import InvalidRequest
 from worker.store.experiment import ExperimentStore
-from worker.tasks.base import Task, TaskBody, TaskContext
+from worker.tasks.base import Task, TaskBody, TaskContext, V2TaskBody
 
 GeneField = Literal[
     "gene_names", "gene_ids", "dispersions", "dispersions_norm", "means", "highly_variable",
@@ -63,6 +65,15 @@ class GeneTable:
         keep[np.searchsorted(self._line_starts, starts)] = True
         return keep
 
+    def searching(self, pattern: re.Pattern) -> np.ndarray:
+        """Mask of the genes whose names `pattern` finds a match in (name by name: a pattern may
+        match a newline, so one scan of the joined names could match across two)."""
+        return np.fromiter(
+            (pattern.search(name) is not None for name in self.columns["gene_names"]),
+            dtype=bool,
+            count=self.n_genes,
+        )
+
     def order(self, field: str, ascending: bool) -> np.ndarray:
         """Gene positions sorted by `field`, stable, nulls last; computed once per field."""
         key = (field, ascending)
@@ -98,3 +109,47 @@ def list_genes(context: TaskContext, body: ListGenesBody) -> dict:
 
 
 TASK = Task(name="ListGenes", body=ListGenesBody, cacheable=True, compute=list_genes)
+
+
+class ListGenesV2Body(V2TaskBody):
+    name: Literal["ListGenes"]
+    # The UI's columns; the platform's worker answers gene_names and dispersions whatever they are.
+    selectFields: list[str] = Field(default_factory=list)
+    orderBy: str = "dispersions"
+    orderDirection: str = "DESC"
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=MAX_LIMIT, ge=0)
+    geneNamesFilter: str | None = None
+
+
+# What the platform's Python front removes from the filter before its R worker greps with it.
+STRIPPED_FROM_FILTER = re.compile(r"[{}|()?¿*+/.<>]")
+# The v2 answer's `dispersions` are the normalised dispersions (the platform's Seurat
+# `variance.standardized`: what highly variable genes are ranked by).
+V2_ORDER_FIELDS = {"gene_names": "gene_names", "dispersions": "dispersions_norm"}
+
+
+def list_genes_v2(context: TaskContext, body: ListGenesV2Body) -> dict:
+    table = gene_table(context.store())
+    field = V2_ORDER_FIELDS.get(body.orderBy)
+    if field is None:
+        order = np.arange(table.n_genes)
+    else:
+        order = table.order(field, body.orderDirection.upper() != "DESC")
+    if body.geneNamesFilter is not None:
+        try:
+            pattern = re.compile(STRIPPED_FROM_FILTER.sub("", body.geneNamesFilter), re.IGNORECASE)
+        except re.error as error:
+            raise InvalidRequest(
+                f"invalid request: body.geneNamesFilter: not a regular expression: {error}"
+            ) from None
+        order = order[table.searching(pattern)[order]]
+    page = order[body.offset : body.offset + body.limit]
+    return {
+        "total": len(order),
+        "gene_names": table.columns["gene_names"][page],
+        "dispersions": table.columns["dispersions_norm"][page],
+    }
+
+
+V2_TASK = Task(name="ListGenes", body=ListGenesV2Body, cacheable=True, compute=list_genes_v2)

@@ -2,6 +2,7 @@
 them into a `Request`, says which tasks it offers and how their results travel, and answers.
 Each contract is a sibling module (`seed`, `v2`); the loop picks one per message."""
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,13 +10,45 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from worker.errors import PoisonMessage, WorkerError
+from worker.store.cell_sets import PlatformApi
+from worker.store.result_file import ResultFile
 from worker.tasks.base import Task
 from worker.tasks.dispatch import Delivery, TaskResult
 
 # SQS refuses larger messages; a body that still arrives larger is not ours.
 SQS_MAX_MESSAGE_BYTES = 1024 * 1024
+# An experiment id names storage prefixes: nothing else is accepted (no `/`, no `..`).
+EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+class EnvelopeFields(BaseModel):
+    """What every contract's envelope has: the experiment, the time after which the request is
+    no longer wanted, and the task's body. Other fields are kept (and echoed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    experimentId: str
+    timeout: datetime
+    body: dict[str, Any]
+
+    @field_validator("experimentId")
+    @classmethod
+    def _safe_experiment_id(cls, value: str) -> str:
+        if not EXPERIMENT_ID.fullmatch(value):
+            raise ValueError("must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _iso_timeout(cls, value: Any) -> datetime:
+        """An ISO 8601 time; one with no zone is UTC."""
+        if not isinstance(value, str):
+            raise ValueError("must be an ISO 8601 date and time")
+        moment = datetime.fromisoformat(value)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -55,9 +88,24 @@ class Protocol(ABC):
         """Why a valid request is dropped unanswered (`expired`), or None to compute it."""
         return "expired" if request.expired() else None
 
+    def platform_api(self, request: Request) -> PlatformApi | None:
+        """The platform's API that applies this request's cell set changes, if it does."""
+        return None
+
+    def result_file(self, request: Request, task: Task) -> ResultFile | None:
+        """Where a task that writes its result as a file writes it, if this protocol offers
+        that."""
+        return None
+
     @abstractmethod
-    def delivery(self, request: Request) -> Delivery:
+    def delivery(self, request: Request, task: Task) -> Delivery:
         """How the Dask worker delivers this request's result."""
+
+    def started(self, request: Request) -> None:  # noqa: B027 (a hook: most protocols say nothing)
+        """The request's computing has begun."""
+
+    def heartbeat(self, request: Request, progress: dict | None) -> None:  # noqa: B027
+        """The request is still computing (every few seconds), with its latest progress."""
 
     @abstractmethod
     def answer(self, request: Request, result: TaskResult, *, cacheable: bool) -> None:

@@ -1,12 +1,10 @@
 """The seed contract (CONTRACT.md): its request envelope, and responses published to SNS with
 large bodies in the results bucket."""
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from worker.errors import InvalidRequest, PoisonMessage
 from worker.jsonio import dumps
@@ -14,7 +12,7 @@ from worker.settings import AwsSettings, Settings
 from worker.tasks import TASKS
 from worker.tasks.base import Task
 from worker.tasks.dispatch import TaskResult, invalid_request
-from worker.transport.protocol import Protocol, Request
+from worker.transport.protocol import EnvelopeFields, Protocol, Request
 from worker.transport.results import SnsTopic, store_result
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -22,37 +20,11 @@ OFFLOAD_BYTES = int(0.8 * MAX_MESSAGE_BYTES)
 # The response echoes the request, escaped inside SNS's wrapper, and only result bodies can move
 # to the results bucket: a larger request is answered with a shortened echo.
 MAX_ECHO_BYTES = MAX_MESSAGE_BYTES // 2
-EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
-class Envelope(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class Envelope(EnvelopeFields):
     uuid: str = Field(pattern=r"^[A-Za-z0-9_-]{1,200}$")
     socketId: str = Field(max_length=200)
-    experimentId: str
-    timeout: datetime
-    body: dict[str, Any]
-
-    @field_validator("experimentId")
-    @classmethod
-    def _safe_experiment_id(cls, value: str) -> str:
-        if not EXPERIMENT_ID.fullmatch(value):
-            raise ValueError("must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-        return value
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _iso_timeout(cls, value: Any) -> datetime:
-        return parse_timeout(value)
-
-
-def parse_timeout(value: Any) -> datetime:
-    """An ISO 8601 time; one with no zone is UTC."""
-    if not isinstance(value, str):
-        raise ValueError("must be an ISO 8601 date and time")
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -122,7 +94,7 @@ class SeedProtocol(Protocol):
             timeout=envelope.timeout,
         )
 
-    def delivery(self, request: Request) -> StoredWhenLarge:
+    def delivery(self, request: Request, task: Task) -> StoredWhenLarge:
         return StoredWhenLarge(self._aws, self._results_bucket, request.request_id)
 
     def answer(self, request: Request, result: TaskResult, *, cacheable: bool) -> None:

@@ -1,0 +1,1 @@
+"""Data the worker ships: published gene lists."""
