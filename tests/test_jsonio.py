@@ -18,13 +18,17 @@ def test_joined_answers_equal_dumps_of_the_same_value():
         {
             "cells": encoded(barcodes),
             "data": joined_array(
-                [joined_object({"geneName": "CD3D", "expression": values, "min": np.float32(0.5)}),
-                 joined_object({})]
+                [
+                    joined_object(
+                        {"geneName": "CD3D", "expression": values, "min": np.float32(0.5)}
+                    ),
+                    joined_object({}),
+                ]
             ),
             "notFound": joined_array([]),
             "mean": None,
         }
-    )  # fmt: skip
+    )
     assert dumps(joined) == dumps(value)
     assert loads(dumps(joined))["data"][0]["expression"] == [0.0, 1.5, None, None, 2.25e-8]
     # Embedded inside a value that is not joined, an encoded part is written as it is.

@@ -148,3 +148,32 @@ def test_errors(session_worker, session_settings, clusters, body, experiment_id,
     assert response["response"] == {"cacheable": False, "error": True}
     assert result["error"]["code"] == code
     assert named in result["error"]["message"]
+
+
+def test_rest_of_overlapping_sets_follows_the_platforms_rule(
+    session_worker, session_settings, adata, clusters
+):
+    """Issue 16 item 5: `rest` is the union of the sets beside `cellSet`, and cells in both
+    groups are dropped from both. Under the old rule (shared cells kept in the first group)
+    the reference differs in most of the 50 rows."""
+    _, body = ask(
+        session_worker, session_settings,
+        {"cellSet": "de-custom-a", "compareWith": "rest", "maxNum": 50},
+    )  # fmt: skip
+
+    siblings = np.unique(np.concatenate([clusters["de-custom-b"], clusters["de-custom-even"]]))
+    shared = np.intersect1d(clusters["de-custom-a"], siblings)
+    group1 = np.setdiff1d(clusters["de-custom-a"], shared)
+    group2 = np.setdiff1d(siblings, shared)
+    # a: 0..2999; siblings: 2000.. and the even cells
+    assert np.array_equal(group1, np.arange(1, 2000, 2))
+    assert np.array_equal(group2, np.arange(3000, adata.n_obs))
+    assert len(body["rows"]) == 50
+    assert_rows_equal_scanpy(body["rows"], adata, group1, group2, "wilcoxon", "g2")
+
+    names = [row["gene_names"] for row in body["rows"]]
+    old_rule = scanpy_ranking(adata, clusters["de-custom-a"], group2, "wilcoxon", "g2")
+    differs = ~np.isclose(
+        [row["zscore"] for row in body["rows"]], old_rule.loc[names, "scores"], rtol=1e-3
+    )
+    assert differs.sum() > 40

@@ -53,6 +53,12 @@ def scale(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.clip(scaled, -SCALE_MAX_VALUE, SCALE_MAX_VALUE, out=scaled)
 
 
+def counts_in_cells(counts_by_gene_block, in_cells: np.ndarray) -> np.ndarray:
+    """Each gene's counts summed over the cells where `in_cells` is true (float64, exact for
+    counts); the block is cells x genes."""
+    return np.asarray(in_cells, dtype=np.float64) @ counts_by_gene_block
+
+
 def log10_counts(counts: np.ndarray) -> np.ndarray:
     """log10 of each count, float32 (Cellenics v2 shows counts per cell so); 0 gives -inf,
     which JSON writes as null."""

@@ -59,16 +59,21 @@ def _tmm_factor(obs: np.ndarray, ref: np.ndarray, n_obs: float, n_ref: float) ->
         variance = (n_obs - obs) / n_obs / obs + (n_ref - ref) / n_ref / ref
     finite = np.isfinite(log_ratio) & np.isfinite(abs_expression)
     log_ratio, abs_expression, variance = (
-        log_ratio[finite], abs_expression[finite], variance[finite])  # fmt: skip
+        log_ratio[finite],
+        abs_expression[finite],
+        variance[finite],
+    )
     if len(log_ratio) == 0 or np.abs(log_ratio).max() < 1e-6:
         return 1.0
     n = len(log_ratio)
     low_ratio, low_sum = np.floor(n * 0.3) + 1, np.floor(n * 0.05) + 1
     ratio_rank, sum_rank = rankdata(log_ratio), rankdata(abs_expression)
     keep = (
-        (ratio_rank >= low_ratio) & (ratio_rank <= n + 1 - low_ratio)
-        & (sum_rank >= low_sum) & (sum_rank <= n + 1 - low_sum)
-    )  # fmt: skip
+        (ratio_rank >= low_ratio)
+        & (ratio_rank <= n + 1 - low_ratio)
+        & (sum_rank >= low_sum)
+        & (sum_rank <= n + 1 - low_sum)
+    )
     factor = np.sum(log_ratio[keep] / variance[keep]) / np.sum(1 / variance[keep])
     return float(2 ** (0 if np.isnan(factor) else factor))
 
@@ -84,11 +89,12 @@ def tmm_factors(counts: np.ndarray, library_sizes: np.ndarray) -> np.ndarray:
         reference = int(np.argmin(np.abs(upper_quartiles - upper_quartiles.mean())))
     factors = np.array(
         [
-            _tmm_factor(counts[:, j], counts[:, reference], library_sizes[j],
-                        library_sizes[reference])
+            _tmm_factor(
+                counts[:, j], counts[:, reference], library_sizes[j], library_sizes[reference]
+            )
             for j in range(counts.shape[1])
         ]
-    )  # fmt: skip
+    )
     return factors / np.exp(np.mean(np.log(factors)))
 
 
@@ -112,11 +118,23 @@ def deseq2_wald(counts: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
     inference = DefaultInference(n_cpus=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dds = DeseqDataSet(counts=frame, metadata=metadata, design="~group", refit_cooks=True,
-                           quiet=True, inference=inference)  # fmt: skip
+        dds = DeseqDataSet(
+            counts=frame,
+            metadata=metadata,
+            design="~group",
+            refit_cooks=True,
+            quiet=True,
+            inference=inference,
+        )
         dds.deseq2()
-        stats = DeseqStats(dds, contrast=["group", BASE, BACKGROUND], independent_filter=False,
-                           cooks_filter=False, quiet=True, inference=inference)  # fmt: skip
+        stats = DeseqStats(
+            dds,
+            contrast=["group", BASE, BACKGROUND],
+            independent_filter=False,
+            cooks_filter=False,
+            quiet=True,
+            inference=inference,
+        )
         stats.summary()
     return stats.results_df
 
@@ -146,8 +164,12 @@ def table_of(counts: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
         p_val_adj = tested["padj"].to_numpy()
         p_val_adj = np.where(p_val_adj == 0, DOUBLE_XMIN, p_val_adj)
         order = np.argsort(np.nan_to_num(p_val, nan=np.inf), kind="stable")
-        columns = {"p_val": p_val, "logFC": tested["log2FoldChange"].to_numpy(),
-                   "AveExpr": average, "p_val_adj": p_val_adj}  # fmt: skip
+        columns = {
+            "p_val": p_val,
+            "logFC": tested["log2FoldChange"].to_numpy(),
+            "AveExpr": average,
+            "p_val_adj": p_val_adj,
+        }
     kept_genes = np.flatnonzero(kept)
     table_order = np.concatenate([kept_genes[order], np.flatnonzero(~kept)])
     n_dropped = n_genes - len(kept_genes)

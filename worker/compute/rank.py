@@ -1,9 +1,10 @@
-"""Differential expression of two groups of cells, one gene block at a time.
+"""Differential expression of groups of cells, one gene block at a time.
 
-Equal to `sc.tl.rank_genes_groups(groups=[g1], reference=g2 or "rest", use_raw=False,
-tie_correct=False)` on log-normalised data, computed from CSC blocks of raw counts. Every
-statistic of a gene depends on that gene alone, except the Benjamini-Hochberg adjustment,
-which `adjust_pvalues` applies once to the p-values of all genes.
+`rank_gene_block` equals `sc.tl.rank_genes_groups(groups=[g1], reference=g2 or "rest",
+use_raw=False, tie_correct=False)` on log-normalised data, computed from CSC blocks of raw
+counts. Every statistic of a gene depends on that gene alone, except the Benjamini-Hochberg
+adjustment, which `adjust_pvalues` applies once to the p-values of all genes. Its kernel,
+`group_sums`, serves any number of groups (presto's statistics, `compute/wilcoxauc`).
 """
 
 from typing import Literal
@@ -15,6 +16,11 @@ from scipy import sparse, stats
 from worker.compute.arithmetic import log_normalise, mean_variance
 
 Method = Literal["wilcoxon", "t-test"]
+
+# A cell in no group; the rows of `group_sums`' statistics.
+NO_GROUP = -1
+SUM, SQUARES, NONZERO, RANK_SUM = range(4)
+GROUP_BITS = np.uint64(0xFFFFFFFF)
 
 
 def rank_gene_block(
@@ -34,17 +40,24 @@ def rank_gene_block(
     block = sparse.csc_array(counts_by_gene_block)
     n1, n2 = int(np.count_nonzero(in_group1)), int(np.count_nonzero(in_group2))
 
-    group_of_cell = in_group1.astype(np.int8) + 2 * in_group2.astype(np.int8)
-    gene_starts, cells, counts, first = _entries_in_groups(
+    group_of_cell = np.full(len(in_group1), NO_GROUP, dtype=np.int32)
+    group_of_cell[in_group1] = 0
+    group_of_cell[in_group2] = 1
+    gene_starts, cells, counts, groups = entries_in_groups(
         block.indptr, block.indices, block.data, group_of_cell
     )
     log_values = log_normalise(counts, total_counts[cells])
-    sums = _group_sums(
-        gene_starts, log_values, log_values.view(np.uint32), first, n1, n2, method == "wilcoxon"
+    sums, _ties = group_sums(
+        gene_starts,
+        log_values,
+        groups,
+        np.array([n1, n2], dtype=np.int64),
+        method == "wilcoxon",
     )
-    mean1, var1 = mean_variance(sums[0], sums[1], n1)
-    mean2, var2 = mean_variance(sums[3], sums[4], n2)
-    nonzero1, nonzero2, rank_sum = sums[2], sums[5], sums[6]
+    (sum1, sum2), (squares1, squares2) = sums[SUM], sums[SQUARES]
+    mean1, var1 = mean_variance(sum1, squares1, n1)
+    mean2, var2 = mean_variance(sum2, squares2, n2)
+    nonzero1, nonzero2, rank_sum = sums[NONZERO, 0], sums[NONZERO, 1], sums[RANK_SUM, 0]
 
     if method == "wilcoxon":
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -73,74 +86,84 @@ def rank_gene_block(
 
 
 @numba.njit(cache=True, nogil=True)
-def _entries_in_groups(indptr, cells, counts, group_of_cell):
-    """The nonzero entries of cells in either group (`group_of_cell` 1 or 2), in one pass:
-    `(gene_starts, cells, counts, in_group1)`, each gene's entries still contiguous and in cell
+def entries_in_groups(indptr, cells, values, group_of_cell):
+    """The nonzero entries of cells in a group (`group_of_cell` not NO_GROUP), in one pass:
+    `(gene_starts, cells, values, groups)`, each gene's entries still contiguous and in cell
     order."""
     n_genes = len(indptr) - 1
     gene_starts = np.empty(n_genes + 1, np.int64)
     kept_cells = np.empty(len(cells), cells.dtype)
-    kept_counts = np.empty(len(cells), counts.dtype)
-    first = np.empty(len(cells), np.bool_)
+    kept_values = np.empty(len(cells), values.dtype)
+    groups = np.empty(len(cells), np.int32)
     kept = 0
     for gene in range(n_genes):
         gene_starts[gene] = kept
         for entry in range(indptr[gene], indptr[gene + 1]):
             group = group_of_cell[cells[entry]]
-            if group != 0 and counts[entry] != 0:
+            if group != NO_GROUP and values[entry] != 0:
                 kept_cells[kept] = cells[entry]
-                kept_counts[kept] = counts[entry]
-                first[kept] = group == 1
+                kept_values[kept] = values[entry]
+                groups[kept] = group
                 kept += 1
     gene_starts[n_genes] = kept
-    return gene_starts, kept_cells[:kept], kept_counts[:kept], first[:kept]
+    return gene_starts, kept_cells[:kept], kept_values[:kept], groups[:kept]
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_sums(gene_starts, log_values, value_bits, first, n1, n2, rank):
-    """Per gene (rows): group 1's sum, sum of squares and nonzero count, the same for group 2,
-    and group 1's sum of tie-averaged ranks among the cells of both groups (if `rank`).
+def group_sums(gene_starts, log_values, groups, group_sizes, rank):
+    """Per statistic, group and gene (`sums[statistic, group, gene]`): the group's sum, sum of
+    squares and nonzero count, and (if `rank`) its sum of tie-averaged ranks among the cells of
+    all groups; and per gene the tie term of the rank-sum variance, the sum of t^3 - t over its
+    tie blocks (the zeros included).
 
     Sums are float64 of float32 values and float32 squares, added in cell order, as
     `np.bincount` adds them. Values are nonnegative, so a gene's zeros are one tie block holding
-    the lowest ranks; only its stored nonzero values are sorted, as packed keys (the value's
-    float32 bits, which order nonnegative floats as the floats, then the group) so the sort
-    moves plain integers. Rank sums are sums of halves, exact in any order.
+    the lowest ranks; only its stored nonzero values are sorted, once for every group, as packed
+    keys (the value's float32 bits, which order nonnegative floats as the floats, above the
+    group) so the sort moves plain integers. Rank sums are sums of halves, exact in any order.
     """
     n_genes = len(gene_starts) - 1
-    sums = np.zeros((7, n_genes))
+    n_groups = len(group_sizes)
+    n_cells = group_sizes.sum()
+    value_bits = log_values.view(np.uint32)
+    sums = np.zeros((4, n_groups, n_genes))
+    ties = np.zeros(n_genes)
+    rank_sums = np.empty(n_groups)
     for gene in range(n_genes):
         start, stop = gene_starts[gene], gene_starts[gene + 1]
         for entry in range(start, stop):
             value = log_values[entry]
-            row = 0 if first[entry] else 3
-            sums[row, gene] += value
-            sums[row + 1, gene] += value * value
-            sums[row + 2, gene] += 1
+            group = groups[entry]
+            sums[SUM, group, gene] += value
+            sums[SQUARES, group, gene] += value * value
+            sums[NONZERO, group, gene] += 1
         if not rank:
             continue
-        zeros = n1 + n2 - (stop - start)
-        rank_sum = (n1 - sums[2, gene]) * (zeros + 1) / 2.0
+        zeros = n_cells - (stop - start)
+        ties[gene] = float(zeros) ** 3 - zeros
+        for group in range(n_groups):
+            rank_sums[group] = (group_sizes[group] - sums[NONZERO, group, gene]) * (zeros + 1) / 2.0
         keys = np.empty(stop - start, np.uint64)
         for entry in range(start, stop):
-            keys[entry - start] = (np.uint64(value_bits[entry]) << np.uint64(1)) | np.uint64(
-                first[entry]
+            keys[entry - start] = (np.uint64(value_bits[entry]) << np.uint64(32)) | np.uint64(
+                groups[entry]
             )
         keys.sort()
         tie_start = 0
         while tie_start < len(keys):
-            value_key = keys[tie_start] >> np.uint64(1)
+            value_key = keys[tie_start] >> np.uint64(32)
             tie_end = tie_start + 1
-            while tie_end < len(keys) and keys[tie_end] >> np.uint64(1) == value_key:
+            while tie_end < len(keys) and keys[tie_end] >> np.uint64(32) == value_key:
                 tie_end += 1
             # Ranks tie_start + 1 .. tie_end above the zeros average to this.
             tie_rank = zeros + (tie_start + tie_end + 1) / 2.0
             for position in range(tie_start, tie_end):
-                if keys[position] & np.uint64(1):
-                    rank_sum += tie_rank
+                rank_sums[keys[position] & GROUP_BITS] += tie_rank
+            tied = float(tie_end - tie_start)
+            ties[gene] += tied**3 - tied
             tie_start = tie_end
-        sums[6, gene] = rank_sum
-    return sums
+        sums[RANK_SUM, :, gene] = rank_sums
+    return sums, ties
 
 
 def adjust_pvalues(p_values: np.ndarray) -> np.ndarray:

@@ -247,8 +247,16 @@ def plot_heatmap(heatmap: dict, clusters: list[Cluster], path: Path) -> None:
     starts = np.flatnonzero(np.diff(cell_clusters, prepend=-1))
     ends = np.append(starts[1:], len(cell_clusters))
     for start, end in zip(starts, ends, strict=True):
-        strip_axes.text((start + end - 1) / 2, 0, str(cell_clusters[start]), ha="center",
-                        va="center", fontsize=9, fontweight="bold", color="white")  # fmt: skip
+        strip_axes.text(
+            (start + end - 1) / 2,
+            0,
+            str(cell_clusters[start]),
+            ha="center",
+            va="center",
+            fontsize=9,
+            fontweight="bold",
+            color="white",
+        )
         heat_axes.axvline(start - 0.5, color="white", linewidth=1)
     figure.colorbar(image, ax=heat_axes, label="expression, scaled per gene", shrink=0.8)
     figure.savefig(path, dpi=120)

@@ -35,8 +35,11 @@ def seed_sample(settings: Settings, client: Client, *, prepare: bool = True) -> 
     if not prepare or read_manifest(settings.store_root, SAMPLE_EXPERIMENT, settings.aws):
         return
     print(f"preparing the sample experiment {SAMPLE_EXPERIMENT} ...", flush=True)
-    body = {"name": "PrepareExperiment", "sourceBucket": SAMPLE_BUCKET,
-            "sourceMatrixPath": SAMPLE_PREFIX}  # fmt: skip
+    body = {
+        "name": "PrepareExperiment",
+        "sourceBucket": SAMPLE_BUCKET,
+        "sourceMatrixPath": SAMPLE_PREFIX,
+    }
     context = TaskContext.for_experiment(settings, SAMPLE_EXPERIMENT)
     task, validated_body = validated(TASKS, body)
     with tqdm(total=len(STAGES), unit="stage", desc="prepare", file=sys.stdout) as bar:

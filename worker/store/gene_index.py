@@ -1,11 +1,18 @@
 """Gene positions by display name (`var["gene_names"]`), built once per opened store: exact, and
-ignoring case, as the Cellenics v2 tasks match the names they are sent."""
+ignoring case, as the Cellenics v2 tasks match the names they are sent; and the platform's gene
+name filter."""
 
+import re
 import weakref
 
 import numpy as np
 
+from worker.errors import InvalidRequest
 from worker.store.experiment import ExperimentStore
+
+# What the platform's Python front removes from a gene name filter before its R worker greps with
+# it.
+STRIPPED_FROM_FILTER = re.compile(r"[{}|()?¿*+/.<>]")
 
 _exact: "weakref.WeakKeyDictionary[ExperimentStore, dict[str, int]]" = weakref.WeakKeyDictionary()
 _upper: "weakref.WeakKeyDictionary[ExperimentStore, dict[str, list[int]]]" = (
@@ -39,3 +46,15 @@ def matching_ignoring_case(store: ExperimentStore, names: list[str]) -> np.ndarr
     lookup = positions_by_upper_name(store)
     found = {position for name in names for position in lookup.get(name.upper(), ())}
     return np.array(sorted(found), dtype=np.int64)
+
+
+def name_filter(expression: str, field: str) -> re.Pattern:
+    """The platform's gene name filter: `expression` without the characters its Python front
+    strips, as a case-insensitive regular expression (searched for, not matched whole);
+    InvalidRequest naming the request's `field` when it is not one."""
+    try:
+        return re.compile(STRIPPED_FROM_FILTER.sub("", expression), re.IGNORECASE)
+    except re.error as error:
+        raise InvalidRequest(
+            f"invalid request: {field}: not a regular expression: {error}"
+        ) from None

@@ -176,8 +176,9 @@ class CompressedMatrix:
             else:
                 (indptr,) = read_slices([(self._indptr_array, slice(start, stop + 1))])
         first, last = int(indptr[0]), int(indptr[-1])
-        data, indices = read_slices([(self._data, slice(first, last)),
-                                     (self._indices, slice(first, last))])  # fmt: skip
+        data, indices = read_slices(
+            [(self._data, slice(first, last)), (self._indices, slice(first, last))]
+        )
         return self._matrix(data, indices, indptr - first, stop - start)
 
     def majors(self, positions: np.ndarray) -> sparse.csr_array | sparse.csc_array:

@@ -1,10 +1,13 @@
 """The task registry: each contract's tasks by `body.name`."""
 
 from worker.tasks import (
+    batch_differential_expression,
     cell_cycle_scoring,
     cluster_cells,
     differential_expression,
+    dot_plot,
     gene_expression,
+    get_background_expressed_genes,
     get_doublet_score,
     get_embedding,
     get_expression_cell_sets,
@@ -40,9 +43,13 @@ TASKS: dict[str, Task] = {
 V2_TASKS: dict[str, Task] = {
     task.name: task
     for task in (
+        batch_differential_expression.V2_TASK,
         cell_cycle_scoring.V2_TASK,
         cluster_cells.V2_TASK,
+        differential_expression.V2_TASK,
+        dot_plot.V2_TASK,
         gene_expression.V2_TASK,
+        get_background_expressed_genes.V2_TASK,
         get_doublet_score.V2_TASK,
         get_embedding.V2_TASK,
         get_expression_cell_sets.V2_TASK,
@@ -51,6 +58,7 @@ V2_TASKS: dict[str, Task] = {
         get_n_umis.V2_TASK,
         get_normalized_expression.V2_TASK,
         list_genes.V2_TASK,
+        marker_heatmap.V2_TASK,
         sctype_annotate.V2_TASK,
         trajectory_analysis.PSEUDO_TIME_TASK,
         trajectory_analysis.STARTING_NODES_TASK,

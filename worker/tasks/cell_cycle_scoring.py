@@ -86,8 +86,13 @@ def phase_class(phases: np.ndarray) -> dict:
                 "cellIds": np.flatnonzero(phases == phase).tolist(),
             }
         )
-    return {"key": PHASE_KEY, "name": PHASE_KEY, "rootNode": True, "type": "cellSets",
-            "children": children}  # fmt: skip
+    return {
+        "key": PHASE_KEY,
+        "name": PHASE_KEY,
+        "rootNode": True,
+        "type": "cellSets",
+        "children": children,
+    }
 
 
 def cell_cycle_scoring(context: TaskContext, body: CellCycleScoringBody) -> dict:

@@ -86,8 +86,13 @@ def get_expression_cell_sets(
             [{"$match": {"query": f'$[?(@.key == "{SCRATCHPAD}")]', "value": insert}}]
         )
     else:
-        scratchpad = {"key": SCRATCHPAD, "name": SCRATCHPAD_NAME, "rootNode": True,
-                      "type": "cellSets", "children": [cell_set]}  # fmt: skip
+        scratchpad = {
+            "key": SCRATCHPAD,
+            "name": SCRATCHPAD_NAME,
+            "rootNode": True,
+            "type": "cellSets",
+            "children": [cell_set],
+        }
         context.change_cell_sets([{"$append": scratchpad}])
     return cell_set
 

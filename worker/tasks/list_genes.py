@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from worker.errors import InvalidRequest
 from worker.store.experiment import ExperimentStore
+from worker.store.gene_index import name_filter
 from worker.tasks.base import Task, TaskBody, TaskContext, V2TaskBody
 
 GeneField = Literal[
@@ -122,8 +122,6 @@ class ListGenesV2Body(V2TaskBody):
     geneNamesFilter: str | None = None
 
 
-# What the platform's Python front removes from the filter before its R worker greps with it.
-STRIPPED_FROM_FILTER = re.compile(r"[{}|()?¿*+/.<>]")
 # The v2 answer's `dispersions` are the normalised dispersions (the platform's Seurat
 # `variance.standardized`: what highly variable genes are ranked by).
 V2_ORDER_FIELDS = {"gene_names": "gene_names", "dispersions": "dispersions_norm"}
@@ -137,12 +135,7 @@ def list_genes_v2(context: TaskContext, body: ListGenesV2Body) -> dict:
     else:
         order = table.order(field, body.orderDirection.upper() != "DESC")
     if body.geneNamesFilter is not None:
-        try:
-            pattern = re.compile(STRIPPED_FROM_FILTER.sub("", body.geneNamesFilter), re.IGNORECASE)
-        except re.error as error:
-            raise InvalidRequest(
-                f"invalid request: body.geneNamesFilter: not a regular expression: {error}"
-            ) from None
+        pattern = name_filter(body.geneNamesFilter, "body.geneNamesFilter")
         order = order[table.searching(pattern)[order]]
     page = order[body.offset : body.offset + body.limit]
     return {

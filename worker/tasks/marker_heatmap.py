@@ -1,17 +1,27 @@
 """MarkerHeatmap: the top marker genes of each cluster of a hierarchy, and their log-normalised
-values in a sample of the clusters' cells."""
+values in a sample of the clusters' cells; in Cellenics v2, the platform's marker genes alone."""
 
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 
-from worker.compute.rank import rank_gene_block
+from worker.compute.rank import NO_GROUP, rank_gene_block
 from worker.compute.summary import summary
+from worker.compute.wilcoxauc import labelling
+from worker.errors import EmptyCellSet, InvalidRequest
 from worker.store.cell_sets import CellSets
+from worker.store.comparisons import class_children, marker_genes
 from worker.store.gene_blocks import map_gene_blocks
-from worker.tasks.base import ClusterConfig, ClusterMethod, Task, TaskBody, TaskContext
+from worker.tasks.base import (
+    ClusterConfig,
+    ClusterMethod,
+    Task,
+    TaskBody,
+    TaskContext,
+    V2TaskBody,
+)
 
 NOT_IN_HIERARCHY = -1
 
@@ -111,3 +121,50 @@ def marker_heatmap(context: TaskContext, body: MarkerHeatmapBody) -> dict:
 
 
 TASK = Task(name="MarkerHeatmap", body=MarkerHeatmapBody, cacheable=True, compute=marker_heatmap)
+
+
+class DownsampleSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    selectedCellSet: str | None = None
+
+
+class MarkerHeatmapV2Body(V2TaskBody):
+    name: Literal["MarkerHeatmap"]
+    # A JSON number in the platform's schema: its whole part is used.
+    nGenes: float = Field(ge=1, allow_inf_nan=False)
+    # The class whose children are the groups; older API versions sent it as `cellSetKey` or
+    # `downsampleSettings.selectedCellSet`.
+    selectedCellSet: str | None = None
+    cellSetKey: str | None = None
+    downsampleSettings: DownsampleSettings | None = None
+
+    def class_key(self) -> str:
+        for key in (
+            self.selectedCellSet,
+            self.cellSetKey,
+            self.downsampleSettings and self.downsampleSettings.selectedCellSet,
+        ):
+            if key is not None:
+                return key
+        raise InvalidRequest("invalid request: body.selectedCellSet: a cell class is required")
+
+
+NO_CELLS = "No cells found in the selected cell set."
+
+
+def marker_heatmap_v2(context: TaskContext, body: MarkerHeatmapV2Body) -> dict:
+    """`{orderedGeneNames}`: the platform's top `nGenes` markers of each child of the class,
+    children in order (a cell in several children counts in the last)."""
+    store = context.store()
+    children = class_children(context.cell_sets(), body.class_key(), store.n_cells)
+    labels = labelling([cell_ids for _child, cell_ids in children], store.n_cells)
+    if np.all(labels == NO_GROUP):
+        raise EmptyCellSet(NO_CELLS)
+    genes = marker_genes(store, labels, int(body.nGenes))
+    names = store.var["gene_names"].to_numpy()[genes]
+    return {"orderedGeneNames": list(dict.fromkeys(names))}
+
+
+V2_TASK = Task(
+    name="MarkerHeatmap", body=MarkerHeatmapV2Body, cacheable=True, compute=marker_heatmap_v2
+)

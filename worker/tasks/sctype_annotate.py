@@ -116,23 +116,34 @@ def sctype_annotate(context: TaskContext, body: ScTypeAnnotateBody) -> dict:
     kinds, first = np.unique(label[in_louvain], return_index=True)
     order = kinds[np.argsort(first)]
     hierarchy = {
-        "key": str(uuid.uuid1()), "name": f"ScType-{body.tissue}-{body.species}",
-        "rootNode": True, "type": "cellSets",
+        "key": str(uuid.uuid1()),
+        "name": f"ScType-{body.tissue}-{body.species}",
+        "rootNode": True,
+        "type": "cellSets",
         "children": [
-            {"key": str(uuid.uuid1()), "name": kind, "rootNode": False, "type": "cellSets",
-             "color": PALETTE[index % len(PALETTE)],
-             "cellIds": np.flatnonzero((label == kind) & in_louvain).tolist()}
+            {
+                "key": str(uuid.uuid1()),
+                "name": kind,
+                "rootNode": False,
+                "type": "cellSets",
+                "color": PALETTE[index % len(PALETTE)],
+                "cellIds": np.flatnonzero((label == kind) & in_louvain).tolist(),
+            }
             for index, kind in enumerate(order)
         ],
-    }  # fmt: skip
+    }
     context.report_progress(2, 3, "Writing the cell sets")
     context.change_cell_sets(
         [
-            {"$match": {"query": f'$[?(@.key == "{hierarchy["key"]}")]',
-                        "value": {"$remove": True}}},
+            {
+                "$match": {
+                    "query": f'$[?(@.key == "{hierarchy["key"]}")]',
+                    "value": {"$remove": True},
+                }
+            },
             {"$append": hierarchy},
         ]
-    )  # fmt: skip
+    )
     return hierarchy
 
 

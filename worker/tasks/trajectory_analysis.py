@@ -6,15 +6,16 @@ chosen. The two tasks learn the same graph from the same body (seeded), so node 
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker.compute.graph import embed_umap, neighbour_graph
 from worker.compute.trajectory import PrincipalGraph, learn_graph, pseudotime
 from worker.errors import EmptyCellSet, EmptyRootNodes, InvalidRequest
 from worker.jsonio import loads
 from worker.store.experiment import ExperimentStore
 from worker.store.result_file import read_result
 from worker.tasks.base import Task, TaskContext, V2TaskBody
+from worker.tasks.dispatch import invalid_request
+from worker.tasks.embeddings import UmapV2Config, cached_embedding
 
 ETAG_PATTERN = r"^[A-Fa-f0-9]{1,128}$"
 STEPS = 3
@@ -67,31 +68,15 @@ def stored_embedding(context: TaskContext, etag: str | None, n_cells: int) -> np
     return coordinates
 
 
-def computed_umap(store: ExperimentStore, method_settings: dict[str, Any]) -> np.ndarray:
+def computed_umap(
+    context: TaskContext, store: ExperimentStore, method_settings: dict
+) -> np.ndarray:
     """The UMAP `methodSettings` describe, as GetEmbedding computes and caches it."""
-    min_dist = float(method_settings.get("minimumDistance", 0.3))
-    metric = method_settings.get("distanceMetric", "euclidean")
-    if metric not in ("euclidean", "cosine"):
-        raise InvalidRequest("invalid request: body.embedding.methodSettings.distanceMetric")
-    path = f"obsm/X_umap__{metric}__min_dist_{min_dist!r}"
-    cached = store.cached(path)
-    if cached is not None:
-        return cached
-    parameters = store.parameters
-    x_pca = store.x_pca()
-    if metric == "euclidean":
-        connectivities = store.connectivities()
-    else:
-        connectivities, _ = neighbour_graph(
-            x_pca, n_neighbors=parameters.n_neighbors, metric="cosine",
-            random_state=parameters.random_state,
-        )  # fmt: skip
-    embedding = embed_umap(
-        connectivities, x_pca, min_dist=min_dist, metric=metric,
-        random_state=parameters.random_state,
-    )  # fmt: skip
-    store.write_cached(path, embedding)
-    return embedding
+    try:
+        config = UmapV2Config.model_validate(method_settings)
+    except ValidationError as error:
+        raise invalid_request(error, prefix="body.embedding.methodSettings") from None
+    return cached_embedding(context, store, "umap", config)
 
 
 def trajectory_graph(
@@ -102,7 +87,7 @@ def trajectory_graph(
     store = context.store()
     coordinates = stored_embedding(context, body.embedding.ETag, store.n_cells)
     if coordinates is None:
-        coordinates = computed_umap(store, body.embedding.methodSettings)
+        coordinates = computed_umap(context, store, body.embedding.methodSettings)
     selected = np.isfinite(coordinates).all(axis=1)
     if body.cellSets:
         selected &= context.cell_sets().union_mask(body.cellSets, store.n_cells)
@@ -141,10 +126,14 @@ def pseudo_time(context: TaskContext, body: PseudoTimeBody) -> dict:
 
 
 STARTING_NODES_TASK = Task(
-    name="GetTrajectoryAnalysisStartingNodes", body=StartingNodesBody, cacheable=True,
+    name="GetTrajectoryAnalysisStartingNodes",
+    body=StartingNodesBody,
+    cacheable=True,
     compute=starting_nodes,
-)  # fmt: skip
+)
 PSEUDO_TIME_TASK = Task(
-    name="GetTrajectoryAnalysisPseudoTime", body=PseudoTimeBody, cacheable=True,
+    name="GetTrajectoryAnalysisPseudoTime",
+    body=PseudoTimeBody,
+    cacheable=True,
     compute=pseudo_time,
-)  # fmt: skip
+)

@@ -55,6 +55,16 @@ class Envelope(EnvelopeFields):
     requestProps: dict[str, Any] | None = None
 
 
+def task_body(envelope: Envelope) -> dict[str, Any]:
+    """The body a task sees: the request's pagination, which the platform sends beside the body
+    (`requestProps.pagination`, or a top-level `pagination` as its older API did), travels in
+    it as `pagination`."""
+    pagination = (envelope.requestProps or {}).get("pagination")
+    if pagination is None:
+        pagination = (envelope.model_extra or {}).get("pagination")
+    return envelope.body if pagination is None else {**envelope.body, "pagination": pagination}
+
+
 def task_label(name: str) -> str:
     """The task's name as the platform's status messages show it (`GetEmbedding` ->
     `Embedding`, `DifferentialExpression` -> `Differential Expression`)."""
@@ -146,7 +156,9 @@ class V2Protocol(Protocol):
             envelope = Envelope.model_validate(raw)
         except ValidationError as error:
             return Request(raw, etag, None, task_name, None, None, invalid_request(error))
-        return Request(raw, etag, envelope.experimentId, task_name, envelope.body, envelope.timeout)
+        return Request(
+            raw, etag, envelope.experimentId, task_name, task_body(envelope), envelope.timeout
+        )
 
     def skip_reason(self, request: Request) -> str | None:
         """Expired, or answered before: the platform's API serves a result it finds stored."""
@@ -173,15 +185,22 @@ class V2Protocol(Protocol):
         if not task.writes_result_file:
             return None
         return ResultFile(
-            self._aws, self._bucket, request.request_id,
+            self._aws,
+            self._bucket,
+            request.request_id,
             result_tags(request.experiment_id, task.name),
-        )  # fmt: skip
+        )
 
     def delivery(self, request: Request, task: Task) -> CompressedInBucket:
         return CompressedInBucket(
-            self._aws, self._bucket, request.request_id, request.experiment_id, task.name,
-            task.cacheable, task.writes_result_file,
-        )  # fmt: skip
+            self._aws,
+            self._bucket,
+            request.request_id,
+            request.experiment_id,
+            task.name,
+            task.cacheable,
+            task.writes_result_file,
+        )
 
     def started(self, request: Request) -> None:
         self._heartbeat(request, "STARTED_TASK", "Working on the requested task")
@@ -214,9 +233,13 @@ class V2Protocol(Protocol):
             if result.stored_at is None:
                 # The Dask worker could not store it: store it from here.
                 compressed = store_compressed(
-                    self._aws, self._bucket, request.request_id, result.body,
-                    request.experiment_id, request.task_name,
-                )  # fmt: skip
+                    self._aws,
+                    self._bucket,
+                    request.request_id,
+                    result.body,
+                    request.experiment_id,
+                    request.task_name,
+                )
         response: dict[str, Any] = {
             "cacheable": cacheable and not error,
             "error": error,
