@@ -19,6 +19,7 @@ MEASURES = (
     "GetEmbedding pca",
     "DifferentialExpression",
     "GeneExpression, 1 gene, send to SNS",
+    "GeneExpression v2, 1 gene",
 )
 # The goals with S3 at 25 ms a request (docs/DESIGN.md): at most so many sequential round
 # trips, or at most so many times the time without the added latency.
@@ -226,6 +227,12 @@ def markdown(report: dict) -> str:
     if report["scanpy_skipped"]:
         lines += [f"scanpy: {report['scanpy_skipped']}", ""]
     lines += [measures_table(report), ""]
+    sizes = [
+        f"{name} {measure['ours']['answer_mib']:.2f} MiB"
+        for name, measure in report["measures"].items()
+        if "answer_mib" in measure["ours"]
+    ]
+    lines += [f"Answer sizes (JSON, as the task returns it): {'; '.join(sizes)}.", ""]
     if report["store"] == "s3":
         lines += [
             "S3 requests per run and sequential round trips (at 0 ms and at 25 ms per request, "
