@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 TIER ?= small
 # Where the benchmark's store lives: local (a folder) or s3 (the emulator behind a latency proxy).
 STORE ?= local
+# The sides `make bench` runs (ours always runs).
+SIDES ?= scanpy,ours,soma
 # numba (pynndescent, UMAP) compiles on first use in every process; caching the machine code
 # lets each Dask worker after the first load it instead.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
@@ -50,7 +52,7 @@ test: lint tools
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: venv
-	$(BIN)/python -m benchmarks --tier $(TIER) --store $(STORE)
+	$(BIN)/python -m benchmarks --tier $(TIER) --store $(STORE) --sides $(SIDES)
 
 # Our side on each tier, smallest first, and the scaling table of benchmarks/README.md.
 TIERS ?= small,medium,large
