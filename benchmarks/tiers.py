@@ -16,6 +16,8 @@ from worker.datasets.synthetic import SyntheticDataset, write_h5ad
 
 DATA = Path(__file__).resolve().parent / "data"
 
+# The experiment our side prepares, in the tier's store folder.
+EXPERIMENT = "benchmark"
 # The queries, the same on both sides.
 LIST_GENES_FILTER = "CD"  # ListGenes' geneNamesFilter "%CD%": gene names containing CD
 LIST_GENES_LIMIT = 50

@@ -1,4 +1,5 @@
-"""`python -m benchmarks --tier tiny` end to end: every measure, both sides, in the JSON."""
+"""`python -m benchmarks --tier tiny` end to end: every measure, every side, in the JSON; and
+the same on S3, our side only, with its request counts."""
 
 import subprocess
 import sys
@@ -6,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import MEASURES
+from benchmarks.report import MEASURES, s3_latency
+from benchmarks.soma_side import QUERIES as SOMA_QUERIES
 from worker.jsonio import loads
+from worker.store.build import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMINGS = ("in_task", "round_trip", "send_to_sns")
 
 
 @pytest.mark.slow
@@ -25,21 +29,70 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
     assert report["scanpy_skipped"] is None
     assert list(report["measures"]) == list(MEASURES)
     for name, measure in report["measures"].items():
-        timings = [value for value in measure["ours"].values() if isinstance(value, dict)]
+        timings = [measure["ours"][key] for key in TIMINGS if key in measure["ours"]]
         assert timings, name
         for timing in timings:
             assert 0 < timing["p50_s"] <= timing["p90_s"], name
         assert measure["ours"]["peak_rss_mib"] > 0, name
-        if name.endswith("send to SNS"):
+        if name.endswith("send to SNS") or "v2" in name:
             assert measure["scanpy"] is None and measure["ratio"] is None
             continue
         assert measure["scanpy"]["in_process"]["p50_s"] > 0, name
         assert measure["scanpy"]["peak_rss_mib"] > 0, name
         assert set(measure["ratio"]) == {"p50", "p90", "peak_rss"}, name
+    answers = {name: m["ours"].get("answer_mib") for name, m in report["measures"].items()}
+    # The platform's answer leaves out the barcodes and the zeros the seed's lists.
+    assert 0 < answers["GeneExpression v2, 1 gene"] < answers["GeneExpression, 1 gene"]
+    stages = report["measures"]["PrepareExperiment"]["ours"]["stages_s"]
+    assert list(stages) == list(STAGES) and all(seconds >= 0 for seconds in stages.values())
     processes = report["peak_rss_mib_by_process"]["ours"]
     queue_worker_peak = processes["worker process (python -m worker)"]
     assert processes["benchmark process (client)"] > 0
     assert 0 < report["worker_process_idle_rss_mib"] <= queue_worker_peak
     assert any(process.startswith("Dask worker") for process in processes)
     assert report["peak_rss_mib_by_process"]["scanpy"]["scanpy process"] > 0
-    assert "| PrepareExperiment |" in (tmp_path / "tiny.md").read_text()
+    soma = report["soma"]
+    assert soma["ingest"]["in_process"]["p50_s"] > 0
+    assert soma["size_on_disk_mib"]["soma"] > 0 and soma["size_on_disk_mib"]["ours"] > 0
+    assert list(soma["queries"]) == list(SOMA_QUERIES)
+    for name, sides in soma["queries"].items():
+        for side in ("ours", "soma"):
+            timing = sides[side]["in_process"]
+            assert 0 < timing["p50_s"] <= timing["p90_s"], (name, side)
+    assert report["peak_rss_mib_by_process"]["TileDB-SOMA"]["TileDB-SOMA process"] > 0
+    markdown = (tmp_path / "tiny.md").read_text()
+    assert "| PrepareExperiment |" in markdown and "| read 1 gene, all cells |" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tiny_tier_on_s3_reports_requests_at_both_latencies(tmp_path):
+    """`--store s3` (our side only): each measure at 0 ms and at 25 ms, with the S3 requests
+    the proxy saw; the reads repeat the same requests at either latency (give or take a
+    manifest read), and the report has the S3 table with its goals."""
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tier", "tiny", "--store", "s3",
+         "--sides", "ours", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=850,
+    )  # fmt: skip
+    report = loads((tmp_path / "tiny-s3.json").read_bytes())
+    assert report["store"] == "s3" and "--sides" in report["scanpy_skipped"]
+    reads = ("GeneExpression, 1 gene", "GeneExpression, 20 genes", "GetEmbedding pca")
+    for name, measure in report["measures"].items():
+        by_latency = measure["ours"]["s3"]["by_latency"]
+        assert set(by_latency) == {"0 ms", "25 ms"}, name
+        figures = s3_latency(measure["ours"])
+        assert figures["requests_per_run"] >= 0 and figures["mib_per_run"] >= 0, name
+        assert figures["p50_s"] > 0 and figures["p50_with_latency_s"] > 0, name
+        if name in reads or name in ("PrepareExperiment", "DifferentialExpression"):
+            assert figures["requests_per_run"] > 0, name
+        if name in reads:
+            # Warm: the same GETs each run; a manifest read more in some runs at most.
+            difference = figures["requests_per_run"] - figures["requests_per_run_with_latency"]
+            assert abs(difference) <= 1, name
+    prepare = report["measures"]["PrepareExperiment"]["ours"]["s3"]["by_latency"]["0 ms"]
+    assert prepare["s3_mib_sent_per_run"] > 0  # the store was written to S3
+    markdown = (tmp_path / "tiny-s3.md").read_text()
+    assert "sequential round trips" in markdown and "| GetEmbedding pca |" in markdown

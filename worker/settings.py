@@ -35,7 +35,10 @@ class AwsSettings:
         client_kwargs: dict = {"region_name": self.region}
         if self.endpoint_url:
             client_kwargs["endpoint_url"] = self.endpoint_url
-        options: dict = {"client_kwargs": client_kwargs}
+        # One GET per whole-object read: with more, s3fs first asks the object's size (a HEAD,
+        # one more round trip) to fetch parts side by side. zarr already reads objects side
+        # by side, and ours are at most a shard of tens of MB.
+        options: dict = {"client_kwargs": client_kwargs, "max_concurrency": 1}
         if self.emulator_credentials:
             options |= {"key": "testing", "secret": "testing"}
         return options

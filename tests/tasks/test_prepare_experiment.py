@@ -7,6 +7,7 @@ import scanpy as sc
 
 from tests.conftest import SOURCE_BUCKET, TENX_DATA, result_body, upload_folder
 from tests.tasks.helpers import read_hierarchies
+from worker.store import experiment
 from worker.store.locations import filesystem, list_versions, read_manifest, zarr_store
 
 
@@ -189,3 +190,34 @@ def test_sample_folders_make_one_experiment(session_worker, session_settings):
         i for child in hierarchies["louvain"]["children"] for i in child["cellIds"]
     )
     assert louvain_ids == list(range(2 * n))
+
+
+def _hold_manifests(ttl_s: float) -> None:
+    experiment.MANIFEST_TTL_S = ttl_s
+
+
+def _current_version(store_root: str, experiment_id: str, aws) -> str:
+    return experiment.open_experiment(store_root, experiment_id, aws).version
+
+
+def test_every_dask_worker_reads_the_new_version_once_published(
+    session_worker, session_settings, dask_client
+):
+    """A prepare tells every Dask worker to drop the manifest it holds: each one's next query
+    opens the new version, even with manifests held for an hour."""
+    settings = session_settings
+    where = (settings.store_root, "republished", settings.aws)
+    upload_folder(settings, TENX_DATA / "v3_mtx_gz", SOURCE_BUCKET, "republish/v3_mtx_gz")
+    response, result = prepare(session_worker, settings, "republished", "republish/v3_mtx_gz")
+    assert response["response"]["error"] is False, result
+    dask_client.run(_hold_manifests, 3600.0)
+    try:
+        first = dask_client.run(_current_version, *where)
+        assert len(first) == 2 and len(set(first.values())) == 1
+        response, result = prepare(session_worker, settings, "republished", "republish/v3_mtx_gz")
+        assert response["response"]["error"] is False, result
+        current = read_manifest(settings.store_root, "republished", settings.aws)["version"]
+        assert current not in first.values()
+        assert set(dask_client.run(_current_version, *where).values()) == {current}
+    finally:
+        dask_client.run(_hold_manifests, experiment.MANIFEST_TTL_S)

@@ -30,6 +30,7 @@ class Recorded:
     method: str
     path: str  # unquoted, without the query
     query: str
+    sent_bytes: int  # the request's body
 
     @property
     def key(self) -> str:
@@ -37,6 +38,22 @@ class Recorded:
         listing asks for."""
         prefix = parse_qs(self.query).get("prefix")
         return f"{self.path.rstrip('/')}/{prefix[0]}" if prefix else self.path
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a service was sent through the proxy so far."""
+
+    requests: int = 0
+    sent_bytes: int = 0
+    received_bytes: int = 0  # response bodies
+
+    def __sub__(self, earlier: "Totals") -> "Totals":
+        return Totals(
+            self.requests - earlier.requests,
+            self.sent_bytes - earlier.sent_bytes,
+            self.received_bytes - earlier.received_bytes,
+        )
 
 
 class AwsProxy:
@@ -50,6 +67,7 @@ class AwsProxy:
         self.delay_s = dict(delay_s or {})
         self.failed: dict[str, int] = {}
         self.recorded: list[Recorded] = []
+        self._totals: dict[str, Totals] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_port}"
@@ -71,10 +89,22 @@ class AwsProxy:
         with self._lock:
             return [request for request in self.recorded if request.service == service]
 
+    def totals(self, service: str) -> Totals:
+        """Requests and bytes of `service` since the proxy started (`forget` keeps them)."""
+        with self._lock:
+            return self._totals.get(service, Totals())
+
     def forget(self) -> None:
         """Forget the requests recorded so far."""
         with self._lock:
             self.recorded.clear()
+
+    def _answered(self, service: str, received_bytes: int) -> None:
+        with self._lock:
+            totals = self._totals.get(service, Totals())
+            self._totals[service] = Totals(
+                totals.requests, totals.sent_bytes, totals.received_bytes + received_bytes
+            )
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -84,7 +114,13 @@ class AwsProxy:
         """Record a request; the status to fail it with, or None to forward it."""
         with self._lock:
             parts = urlsplit(path)
-            self.recorded.append(Recorded(service, method, unquote(parts.path), parts.query))
+            self.recorded.append(
+                Recorded(service, method, unquote(parts.path), parts.query, len(body))
+            )
+            totals = self._totals.get(service, Totals())
+            self._totals[service] = Totals(
+                totals.requests + 1, totals.sent_bytes + len(body), totals.received_bytes
+            )
             fault = self._faults.get(service)
             if fault is None or (fault.matching and fault.matching not in body):
                 return None
@@ -99,6 +135,9 @@ class AwsProxy:
 def _handler_for(proxy: AwsProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # The headers and the body go out in two writes: with Nagle's algorithm the body would
+        # wait for the client's delayed ACK, some 40 ms on every response with a body.
+        disable_nagle_algorithm = True
 
         def _forward(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -115,7 +154,9 @@ def _handler_for(proxy: AwsProxy) -> type[BaseHTTPRequestHandler]:
             try:
                 upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
                 response = upstream.getresponse()
-                self._reply(response.status, response.headers, response.read())
+                answer = response.read()
+                proxy._answered(service, len(answer))
+                self._reply(response.status, response.headers, answer)
             finally:
                 upstream.close()
 

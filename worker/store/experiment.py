@@ -25,8 +25,9 @@ from worker.store.writer import COMPRESSOR, element_attributes
 
 log = logging.getLogger(__name__)
 
-# A manifest read is cached this long, so an interactive query costs no extra round trip;
-# a re-prepared experiment is seen by every Dask worker within this many seconds.
+# A manifest read is cached this long, so queries in a row cost no extra round trip. A
+# PrepareExperiment in this cluster tells every Dask worker to drop it at once
+# (`forget_manifest`); a version published from elsewhere is seen within this many seconds.
 MANIFEST_TTL_S = 2.0
 OPEN_STORES_PER_PROCESS = 16
 COMPLETED = "completed_at"
@@ -51,7 +52,7 @@ class ExperimentStore:
         self.version = version
         self.url = url
         self.aws = aws
-        self.group = zarr.open_group(zarr_store(url, aws, read_only=True), mode="r")
+        self.group = zarr.open_group(zarr_store(url, aws, read_only=True), mode="r", zarr_format=3)
 
     @cached_property
     def var(self) -> pd.DataFrame:
@@ -123,9 +124,17 @@ class ExperimentStore:
         """Raw counts of cells `start:stop` (cells x genes)."""
         return self._cells.major_range(start, stop)
 
-    def gene_range(self, start: int, stop: int) -> sparse.csc_array:
-        """Raw counts of genes `start:stop` in all cells (cells x genes)."""
-        return self._genes.major_range(start, stop)
+    @property
+    def gene_indptr(self) -> np.ndarray:
+        """Where each gene's entries start in the gene-major copy (read once)."""
+        return self._genes.indptr
+
+    def gene_range(
+        self, start: int, stop: int, indptr: np.ndarray | None = None
+    ) -> sparse.csc_array:
+        """Raw counts of genes `start:stop` in all cells (cells x genes); `indptr`, if given,
+        is `gene_indptr[start:stop + 1]`, which saves reading it."""
+        return self._genes.major_range(start, stop, indptr)
 
     def counts_by_gene(self, gene_indices: np.ndarray) -> sparse.csc_array:
         """Raw counts of the given genes in all cells (cells x genes), in their order."""

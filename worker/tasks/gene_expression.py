@@ -11,7 +11,7 @@ from scipy import sparse
 from worker.compute.arithmetic import entry_rows, scale, scale_parameters
 from worker.compute.summary import expression_stats, sparse_summary, summary
 from worker.errors import GeneNotFound, InvalidRequest
-from worker.jsonio import encoded
+from worker.jsonio import Encoded, encoded, joined_array, joined_object
 from worker.store.cell_sets import CellSets
 from worker.store.experiment import ExperimentStore
 from worker.store.gene_index import matching_ignoring_case
@@ -92,7 +92,7 @@ def scaled(log_values: sparse.csc_array, cell_ids: np.ndarray) -> np.ndarray:
     return scale(selected, mean[:, None], std[:, None]).astype(np.float32)
 
 
-def gene_expression(context: TaskContext, body: GeneExpressionBody) -> dict:
+def gene_expression(context: TaskContext, body: GeneExpressionBody) -> Encoded:
     store = context.store()
     cell_ids = selected_cells(context, store.n_cells, body.cellSets)
     lookup = gene_lookup(store)
@@ -117,15 +117,19 @@ def gene_expression(context: TaskContext, body: GeneExpressionBody) -> dict:
             for gene in range(len(found))
         ]
         total = sparse_summary(nonzeros, values.size)
-    return {
-        "cells": barcodes(store, cell_ids),
-        "data": [
-            {"geneName": gene, "expression": gene_values, **gene_summary}
-            for gene, gene_values, gene_summary in zip(found, values, summaries, strict=True)
-        ],
-        "notFound": [gene for gene in requested if gene not in lookup],
-        **total,
-    }
+    # Joined from parts encoded once: every cell's barcode and value is tens of MB at a
+    # million cells.
+    return joined_object(
+        {
+            "cells": barcodes(store, cell_ids),
+            "data": joined_array(
+                joined_object({"geneName": gene, "expression": gene_values, **gene_summary})
+                for gene, gene_values, gene_summary in zip(found, values, summaries, strict=True)
+            ),
+            "notFound": [gene for gene in requested if gene not in lookup],
+            **total,
+        }
+    )
 
 
 TASK = Task(name="GeneExpression", body=GeneExpressionBody, cacheable=True, compute=gene_expression)

@@ -74,7 +74,10 @@ def prepare_experiment(
         delete_version(root, experiment_id, version, aws)
         raise
     store = publish_version(root, experiment_id, version, aws, provenance)
-    forget_manifest(root, experiment_id)
+    # Every Dask worker drops the manifest it holds, so that the next query anywhere in the
+    # cluster reads the new version rather than wait for the manifest's time to live.
+    with worker_client() as client:
+        client.run(forget_manifest, root, experiment_id)
     hierarchies = [
         cluster_hierarchy("louvain", "Louvain clusters", summary.cluster_labels),
         cluster_hierarchy(

@@ -61,12 +61,13 @@ def _scan_row_block(
         scaled_block(block, total_counts, scaling.hvg_index, scaling.parameters)
     )
     fs, scratch_path = filesystem(plan.scratch, plan.aws)
-    segments = []
+    pieces = {}
     for segment, piece in cut_row_block(block, layout.segment_genes):
         fs.makedirs(f"{scratch_path}/{segment}", exist_ok=True)
-        fs.pipe_file(f"{scratch_path}/{segment}/{block_index}", encode_piece(piece))
-        segments.append(segment)
-    return covariance, segments
+        pieces[segment] = encode_piece(piece)
+    # All at once: on S3, one round trip for the block's pieces instead of one per segment.
+    fs.pipe({f"{scratch_path}/{segment}/{block_index}": piece for segment, piece in pieces.items()})
+    return covariance, list(pieces)
 
 
 def scan(

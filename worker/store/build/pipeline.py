@@ -37,7 +37,7 @@ from worker.store.build.tables import write_embeddings_and_metadata, write_table
 from worker.store.gene_blocks import major_ranges
 from worker.store.locations import BUILDING, filesystem, zarr_store
 from worker.store.sources import SourceSample
-from worker.store.writer import element_attributes
+from worker.store.writer import StagedStore, element_attributes
 
 
 def build_store(
@@ -131,8 +131,12 @@ def build_store(
         stages.done("neighbours and clustering", clusters=int(labels.max()) + 1)
 
         sample_names = [sample.name for sample in samples]
+        # Written through a store that keeps the metadata in memory: anndata's writer checks
+        # and reads it hundreds of times, each a round trip on S3.
+        staged = StagedStore.over(root.store)
+        tables_root = zarr.open_group(staged, mode="r+", zarr_format=3)
         write_tables(
-            root,
+            tables_root,
             ingested=ingested,
             genes=genes,
             gene_ids=gene_ids,
@@ -140,7 +144,7 @@ def build_store(
             sample_names=sample_names,
         )
         write_embeddings_and_metadata(
-            root,
+            tables_root,
             x_pca=x_pca,
             pcs=pcs,
             hvg_index=hvg_index,
@@ -150,7 +154,8 @@ def build_store(
             options=options,
             provenance=provenance,
         )
-        zarr.consolidate_metadata(root.store)
+        zarr.consolidate_metadata(staged)
+        staged.flush()
     stages.done("tables and metadata")
     return BuildSummary(n_cells, n_genes, nnz, sample_names, ingested.sample_codes, labels)
 

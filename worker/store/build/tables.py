@@ -12,6 +12,9 @@ from worker.store.build.ingest import Ingested
 from worker.store.build.plan import BuildOptions
 from worker.store.locations import STORE_FORMAT
 
+# 8 MiB of one pair of components per chunk.
+PCA_ROWS_PER_CHUNK = 1 << 20
+
 
 def write_tables(
     root: zarr.Group,
@@ -62,7 +65,15 @@ def write_embeddings_and_metadata(
 ) -> None:
     loadings = np.zeros((n_genes, len(pcs.components)), dtype=np.float32)
     loadings[hvg_index] = pcs.components.T
-    write_elem(root, "obsm", {"X_pca": x_pca})
+    # Pairs of components in chunks of whole columns, unsharded: the first two (GetEmbedding
+    # pca) are one object or a few, fetched side by side; in anndata's shards, zarr read each
+    # shard's index, then its chunks one after another (8 round trips at 200k cells).
+    write_elem(
+        root,
+        "obsm",
+        {"X_pca": x_pca},
+        dataset_kwargs={"chunks": (min(len(x_pca), PCA_ROWS_PER_CHUNK), 2), "shards": None},
+    )
     write_elem(root, "varm", {"PCs": loadings})
     write_elem(root, "obsp", {"connectivities": connectivities, "distances": distances})
     write_elem(root, "varp", {})
