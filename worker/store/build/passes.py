@@ -14,7 +14,7 @@ from worker.compute.pca import (
     PrincipalComponents,
     ScaleParameters,
     project_block,
-    scaled_block,
+    shifted_block,
 )
 from worker.store.build.plan import BuildPlan
 from worker.store.build.shuffle import assemble_segment, cut_row_block, decode_piece, encode_piece
@@ -58,7 +58,7 @@ def _scan_row_block(
     """Covariance sums of one row block, and its pieces written to scratch."""
     block = _rows(plan, start, stop)
     covariance = CovarianceSum.of_block(
-        scaled_block(block, total_counts, scaling.hvg_index, scaling.parameters)
+        shifted_block(block, total_counts, scaling.hvg_index, scaling.parameters)
     )
     fs, scratch_path = filesystem(plan.scratch, plan.aws)
     segments = []
@@ -144,7 +144,7 @@ def _project_row_block(
 ) -> np.ndarray:
     block = _rows(plan, start, stop)
     return project_block(
-        scaled_block(block, total_counts, scaling.hvg_index, scaling.parameters), pcs
+        shifted_block(block, total_counts, scaling.hvg_index, scaling.parameters), pcs
     )
 
 
@@ -188,7 +188,7 @@ def assemble_and_project(
         for segment, (first, stop) in enumerate(layout.segment_genes)
         if nnz
     ]
-    # Only what projecting needs: the components and the scaled values' mean.
+    # Only what projecting needs: the components and the shifted values' mean.
     projection = PrincipalComponents(pcs.components, pcs.mean, np.empty(0), np.empty(0))
     projected = [
         client.submit(
