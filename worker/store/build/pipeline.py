@@ -1,7 +1,8 @@
 """Building an experiment store version from source samples, streaming.
 
 Stages, none holding more than a bounded number of blocks:
-1. ingest (one task, in source order): `X` as CSR, per-cell QC and per-gene moments;
+1. ingest (a task per shard of `X` where the source is CSR, else one task in source order):
+   `X` as CSR, per-cell QC and per-gene moments;
 2. highly variable genes and the scale of each, from the moments;
 3. covariance scan (a task per row block of `X`): the PCA covariance of the scaled highly
    variable genes, and the row block cut into pieces of the gene-major copy;
@@ -65,7 +66,14 @@ def build_store(
     root.attrs.update(element_attributes("anndata"))
     root.create_group("layers", attributes=element_attributes("dict"))
     with _marked_as_building(plan):
-        ingested = ingest(root=root, samples=samples, is_mito=is_mito, options=options)
+        ingested = ingest(
+            client,
+            plan,
+            root=root,
+            samples=samples,
+            is_mito=is_mito,
+            progress=lambda done, total: stages.progress("ingest", done, total),
+        )
         n_cells, nnz = ingested.n_cells, ingested.nnz
         if n_cells < 2:
             raise UnsupportedFormat(f"the source has {n_cells} cell(s); at least 2 are needed")
