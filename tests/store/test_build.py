@@ -16,6 +16,13 @@ from worker.datasets.synthetic import SyntheticDataset, as_source_sample
 from worker.errors import UnsupportedFormat
 from worker.settings import AwsSettings
 from worker.store.build import BuildOptions, BuildPlan, build_store
+from worker.store.build.shuffle import (
+    assemble_segment,
+    cut_row_block,
+    decode_piece,
+    encode_piece,
+    segment_gene_ranges,
+)
 from worker.store.sources import open_source
 
 SMALL_BLOCKS = BuildOptions(rows_per_block=97, pass_block_entries=5_000, shard_elements=4096)
@@ -185,3 +192,42 @@ def test_peak_memory_grows_with_blocks_not_with_the_matrix(tmp_path):
     matrix_bytes = nnz * 8  # float32 counts and int32 indices, as CSR in memory
     assert matrix_bytes > 100e6
     assert growth < matrix_bytes / 4, (growth, matrix_bytes)
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "largest_count"),
+    [(300, 80), (70_000, 80), (300, 100_000)],
+    ids=["16-bit", "wide rows", "wide counts"],
+)
+def test_pieces_of_row_blocks_assemble_the_csc(n_rows, largest_count):
+    """Two row blocks cut into the pieces of three segments, through their encoding, make
+    the gene-major arrays of both blocks stacked."""
+    blocks = [
+        sp.random(n_rows, 50, density=0.05, random_state=seed, format="csr", dtype=np.float32)
+        for seed in (1, 2)
+    ]
+    for block in blocks:
+        block.data = np.ceil(block.data * largest_count)
+    expected = sp.vstack(blocks, format="csr").tocsc()
+    expected.sort_indices()
+    gene_indptr = expected.indptr.astype(np.int64)
+    segment_elements = expected.nnz // 3 + 1
+    ranges = segment_gene_ranges(gene_indptr, segment_elements)
+    pieces = [
+        {segment: decode_piece(encode_piece(piece)) for segment, piece in
+         cut_row_block(b.indptr, b.indices, b.data, 50, ranges)}
+        for b in blocks
+    ]  # fmt: skip
+    data, indices = [], []
+    for segment, (first, stop) in enumerate(ranges):
+        start = segment * segment_elements
+        part = assemble_segment(
+            [(index * n_rows, by_segment[segment]) for index, by_segment in enumerate(pieces)],
+            gene_indptr[first : stop + 1],
+            start,
+            min(start + segment_elements, expected.nnz),
+        )
+        data.append(part[0])
+        indices.append(part[1])
+    np.testing.assert_array_equal(np.concatenate(data), expected.data)
+    np.testing.assert_array_equal(np.concatenate(indices), expected.indices)

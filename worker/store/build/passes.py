@@ -62,7 +62,10 @@ def _scan_row_block(
     )
     fs, scratch_path = filesystem(plan.scratch, plan.aws)
     segments = []
-    for segment, piece in cut_row_block(block, layout.segment_genes):
+    pieces = cut_row_block(
+        block.indptr, block.indices, block.data, block.shape[1], layout.segment_genes
+    )
+    for segment, piece in pieces:
         fs.makedirs(f"{scratch_path}/{segment}", exist_ok=True)
         fs.pipe_file(f"{scratch_path}/{segment}/{block_index}", encode_piece(piece))
         segments.append(segment)
