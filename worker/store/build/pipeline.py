@@ -6,9 +6,10 @@ Stages, none holding more than a bounded number of blocks:
 2. highly variable genes and the scale of each, from the moments;
 3. covariance scan (a task per row block of `X`): the PCA covariance of the scaled highly
    variable genes, and the row block cut into pieces of the gene-major copy;
-4. assembly (a task per segment of the gene-major arrays) and projection (a task per row
-   block), side by side: `layers/counts_by_gene` and `obsm/X_pca`;
-5. the neighbour graph and the clustering, on the PCA, which fits in memory;
+4. projection (a task per row block): `obsm/X_pca`;
+5. the neighbour graph and the clustering, on the PCA, which fits in memory, in the
+   orchestrating task, while the gene-major copy `layers/counts_by_gene` is assembled beside
+   them (a task per segment of its arrays);
 6. the tables and metadata.
 """
 
@@ -24,17 +25,17 @@ import pandas as pd
 import scipy.sparse as sp
 import zarr
 from anndata.utils import make_index_unique
-from distributed import Client
+from distributed import Client, wait
 
-from worker.compute.graph import cluster, neighbour_graph
+from worker.compute.graph import PairEdges, cluster, neighbour_graph
 from worker.compute.hvg import seurat_hvg
 from worker.compute.pca import n_components, principal_components, scale_parameters
 from worker.errors import UnsupportedFormat
 from worker.store.build.ingest import ingest
-from worker.store.build.passes import GeneLayout, Scaling, assemble_and_project, scan
-from worker.store.build.plan import BuildPlan, BuildSummary, Stages
+from worker.store.build.passes import GeneLayout, Scaling, project, scan, start_assembly
+from worker.store.build.plan import BuildOptions, BuildPlan, BuildSummary, Stages
 from worker.store.build.shuffle import segment_gene_ranges
-from worker.store.build.tables import write_embeddings_and_metadata, write_tables
+from worker.store.build.tables import write_graph, write_metadata, write_pca, write_tables
 from worker.store.gene_blocks import major_ranges
 from worker.store.locations import BUILDING, filesystem, zarr_store
 from worker.store.sources import SourceSample
@@ -106,7 +107,18 @@ def build_store(
             "covariance scan", components=len(pcs.components), segments=len(layout.segment_genes)
         )
 
-        x_pca = assemble_and_project(
+        x_pca = project(
+            client,
+            plan,
+            row_ranges=row_ranges,
+            total_counts=ingested.total_counts,
+            scaling=scaling,
+            pcs=pcs,
+        )
+        write_pca(root, x_pca=x_pca, pcs=pcs, hvg_index=hvg_index, n_genes=n_genes)
+        stages.done("projection")
+
+        assembly = start_assembly(
             client,
             plan,
             root=root,
@@ -114,29 +126,18 @@ def build_store(
             layout=layout,
             blocks_by_segment=blocks_by_segment,
             row_ranges=row_ranges,
-            total_counts=ingested.total_counts,
-            scaling=scaling,
-            pcs=pcs,
         )
+        try:
+            labels = _graph_and_clusters(root, x_pca, options)
+            stages.done("neighbours and clustering", clusters=int(labels.max()) + 1)
+        finally:
+            # No task may write into a build that failed.
+            wait(assembly)
+        client.gather(assembly)
         fs, scratch_path = filesystem(plan.scratch, plan.aws)
         if fs.exists(scratch_path):
             fs.rm(scratch_path, recursive=True)
-        stages.done("gene-major copy and projection")
-
-        if n_cells >= options.min_cells_for_graph:
-            _return_freed_memory()
-            connectivities, distances = neighbour_graph(
-                x_pca, n_neighbors=options.n_neighbors, random_state=options.random_state
-            )
-            _return_freed_memory()
-            labels = cluster(
-                connectivities, resolution=options.resolution, random_state=options.random_state
-            )
-            _return_freed_memory()
-        else:
-            connectivities = distances = sp.csr_matrix((n_cells, n_cells), dtype=np.float32)
-            labels = np.zeros(n_cells, dtype=np.int64)
-        stages.done("neighbours and clustering", clusters=int(labels.max()) + 1)
+        stages.done("gene-major copy")
 
         sample_names = [sample.name for sample in samples]
         write_tables(
@@ -147,20 +148,33 @@ def build_store(
             gene_names=gene_names,
             sample_names=sample_names,
         )
-        write_embeddings_and_metadata(
-            root,
-            x_pca=x_pca,
-            pcs=pcs,
-            hvg_index=hvg_index,
-            n_genes=n_genes,
-            connectivities=connectivities,
-            distances=distances,
-            options=options,
-            provenance=provenance,
-        )
+        write_metadata(root, pcs=pcs, options=options, provenance=provenance)
         zarr.consolidate_metadata(root.store)
     stages.done("tables and metadata")
     return BuildSummary(n_cells, n_genes, nnz, sample_names, ingested.sample_codes, labels)
+
+
+def _graph_and_clusters(root: zarr.Group, x_pca: np.ndarray, options: BuildOptions) -> np.ndarray:
+    """The neighbour graph, written as soon as it is known (its search structures gone), and
+    the cluster of each cell."""
+    n_cells = len(x_pca)
+    if n_cells < options.min_cells_for_graph:
+        empty = sp.csr_matrix((n_cells, n_cells), dtype=np.float32)
+        write_graph(root, connectivities=empty, distances=empty)
+        return np.zeros(n_cells, dtype=np.int64)
+    _return_freed_memory()
+    connectivities, distances = neighbour_graph(
+        x_pca, n_neighbors=options.n_neighbors, random_state=options.random_state
+    )
+    write_graph(root, connectivities=connectivities, distances=distances)
+    # Only the edges go on to the clustering.
+    pairs = PairEdges.of(connectivities)
+    del connectivities, distances
+    _return_freed_memory()
+    labels = cluster(pairs, resolution=options.resolution, random_state=options.random_state)
+    del pairs
+    _return_freed_memory()
+    return labels
 
 
 @contextlib.contextmanager
