@@ -122,3 +122,10 @@ def test_tsne_is_finite_and_deterministic(small_graph):
     assert embedding.shape == (600, 2) and embedding.dtype == np.float32
     assert np.isfinite(embedding).all()
     np.testing.assert_array_equal(embedding, embed_tsne(x_pca, perplexity=30, learning_rate=200))
+
+
+def test_clustering_refuses_an_asymmetric_graph(scanpy_graph):
+    connectivities = scanpy_graph.obsp["connectivities"].tolil()
+    connectivities[0, 4000] = 0.5
+    with pytest.raises(ValueError, match="not symmetric"):
+        cluster(connectivities.tocsr())

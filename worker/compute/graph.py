@@ -9,6 +9,7 @@ registry, and without them it stays a fraction of the size (DESIGN: idle worker 
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -59,6 +60,7 @@ def _graph_only_nndescent(n_cells: int, n_neighbors: int, metric: str, random_st
     """
     import scanpy as sc
     from pynndescent import PyNNDescentTransformer
+    from scipy.sparse import coo_matrix
 
     # scanpy's own rule (neighbors/_handle_transformer): below it, exact neighbours.
     if n_cells < 4096 or (metric == "euclidean" and n_cells < 8192):
@@ -66,10 +68,22 @@ def _graph_only_nndescent(n_cells: int, n_neighbors: int, metric: str, random_st
 
     class GraphOnlyNNDescent(PyNNDescentTransformer):
         def fit_transform(self, X, y=None, **fit_params):
-            self.fit(X, compress_index=False)
-            graph = self.transform(X=None)
-            del self.index_
-            return graph
+            # What fit (with sklearn's count of neighbours, which leaves each point out) then
+            # transform(None) give.
+            indices, distances = _nndescent_neighbours(
+                X,
+                n_neighbors=self.n_neighbors + 1,
+                metric=self.metric,
+                random_state=self.random_state,
+                n_trees=self.n_trees,
+                n_iters=self.n_iters,
+                n_jobs=self.n_jobs,
+            )
+            graph = coo_matrix((len(X), len(X)), dtype=np.float32)
+            graph.row = np.repeat(np.arange(len(X), dtype=np.int32), indices.shape[1])
+            graph.col = indices.ravel()
+            graph.data = distances.ravel()
+            return graph.tocsr()
 
     return GraphOnlyNNDescent(
         n_neighbors=n_neighbors,
@@ -80,6 +94,89 @@ def _graph_only_nndescent(n_cells: int, n_neighbors: int, metric: str, random_st
         n_trees=min(64, 5 + round(n_cells**0.5 / 20.0)),
         n_iters=max(5, round(np.log2(n_cells))),
     )
+
+
+def _nndescent_neighbours(
+    data: np.ndarray,
+    *,
+    n_neighbors: int,
+    metric: str,
+    random_state: int,
+    n_trees: int,
+    n_iters: int,
+    n_jobs: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`pynndescent.NNDescent(data, ...).neighbor_graph` with the given settings (and the
+    rest at their defaults) for a dense `data` and a metric of pynndescent's fast
+    alternatives, computed step by step as its constructor does, in the same order of
+    random draws, but holding less: each random projection tree is cut into its leaves and
+    dropped as soon as it is built (the constructor keeps all of them to the end: a GB at a
+    million cells), and the leaves go before the descent iterates.
+    """
+    import numba
+    from pynndescent import distances as pynnd_distances
+    from pynndescent import pynndescent_ as nnd
+    from pynndescent import rp_trees
+    from pynndescent.utils import deheap_sort, make_heap
+    from sklearn.utils import check_array, check_random_state
+
+    alternative = pynnd_distances.fast_distance_alternatives.get(metric)
+    if alternative is None or metric not in ("euclidean", "cosine"):
+        raise ValueError(f"unsupported metric {metric!r}")
+    distance, correction = alternative["dist"], alternative["correction"]
+    data = check_array(data, dtype=np.float32, order="C")
+    generator = check_random_state(random_state)
+    rng_state = generator.randint(nnd.INT32_MIN, nnd.INT32_MAX, 3).astype(np.int64)
+    generator.randint(nnd.INT32_MIN, nnd.INT32_MAX, 3)  # the search's, which we never run
+
+    # rp_trees.make_forest, a tree at a time: only its leaves are kept.
+    leaf_size = max(60, min(256, 5 * np.int32(n_neighbors)))
+    tree_states = generator.randint(
+        rp_trees.INT32_MIN, rp_trees.INT32_MAX, size=(n_trees, 3)
+    ).astype(np.int64)
+    tree_leaves = []
+    for tree_state in tree_states:
+        tree = rp_trees.make_dense_tree(
+            data, tree_state, leaf_size, metric == "cosine", max_depth=200
+        )
+        leaves = rp_trees.get_leaves_from_tree(tree, tree.leaf_size)
+        del tree
+        sizes = (leaves >= 0).sum(axis=1)
+        tree_leaves.append((sizes, leaves[leaves >= 0]))
+        del leaves
+    # rp_trees.rptree_leaf_array: every tree's leaves, as wide as the widest.
+    width = max(int(sizes.max()) for sizes, _ in tree_leaves)
+    leaf_array = np.full((sum(len(sizes) for sizes, _ in tree_leaves), width), -1, np.int32)
+    row = 0
+    for sizes, points in tree_leaves:
+        mask = np.arange(width) < sizes[:, None]
+        leaf_array[row : row + len(sizes)][mask] = points
+        row += len(sizes)
+    del tree_leaves
+
+    # pynndescent_.nn_descent, with the leaves dropped once they have seeded the graph.
+    threads = numba.get_num_threads()
+    if n_jobs not in (-1, None):
+        numba.set_num_threads(n_jobs)
+    try:
+        graph = make_heap(data.shape[0], n_neighbors)
+        nnd.init_rp_tree(data, distance, graph, leaf_array)
+        del leaf_array
+        nnd.init_random(n_neighbors, data, graph, distance, rng_state)
+        nnd.nn_descent_internal(
+            graph,
+            data,
+            n_neighbors,
+            rng_state,
+            max_candidates=min(60, n_neighbors),
+            dist=distance,
+            n_iters=n_iters,
+            delta=0.001,
+        )
+        indices, distances = deheap_sort(graph[0], graph[1])
+    finally:
+        numba.set_num_threads(threads)
+    return indices, correction(distances)
 
 
 class _IgraphRandom:
@@ -114,33 +211,61 @@ def igraph_random_state(seed: int) -> Iterator[None]:
         igraph.set_random_number_generator(random)
 
 
+@dataclass(frozen=True)
+class PairEdges:
+    """A symmetric graph as one undirected edge per pair of vertices (and per loop), in the
+    order of its stored entries, row by row."""
+
+    n_vertices: int
+    edges: np.ndarray  # (n_edges, 2) int32, each (i, j) with i <= j
+    weights: np.ndarray  # float64
+
+    @classmethod
+    def of(cls, connectivities: sparse.csr_matrix) -> "PairEdges":
+        """scanpy gives igraph one edge per stored entry, so each pair twice, each time with
+        the pair's weight; here each pair is one edge of twice that weight. Modularity is the
+        same function of the partition, and Louvain and Leiden find the same partition
+        (tests/compute/test_graph.py against scanpy; every case tried from 5,000 to 100,000
+        cells, both methods and two seeds, gave the same labels) with half the edges: half
+        the memory, and 100,000 cells in 5.1 instead of 9.4 s."""
+        connectivities = sparse.csr_matrix(connectivities)
+        rows = np.repeat(
+            np.arange(connectivities.shape[0], dtype=np.int32), np.diff(connectivities.indptr)
+        )
+        columns = connectivities.indices
+        stored = connectivities.data != 0
+        if np.count_nonzero(stored & (rows < columns)) != np.count_nonzero(
+            stored & (rows > columns)
+        ):
+            raise ValueError("the connectivities are not symmetric")
+        kept = stored & (rows <= columns)
+        weights = connectivities.data[kept].astype(np.float64)
+        weights[rows[kept] != columns[kept]] *= 2
+        return cls(connectivities.shape[0], np.column_stack((rows[kept], columns[kept])), weights)
+
+
 def cluster(
-    connectivities: sparse.csr_matrix,
+    connectivities: sparse.csr_matrix | PairEdges,
     *,
     method: ClusterMethod = "louvain",
     resolution: float = 1.0,
     random_state: int = 0,
 ) -> np.ndarray:
-    """Cluster label of each cell; cluster 0 is the largest, ties broken by first member."""
+    """Cluster label of each cell, as scanpy's igraph flavour finds it (seeded as its
+    leiden is); cluster 0 is the largest, ties broken by first member."""
     import igraph
 
-    # Built as scanpy builds it: one undirected edge per stored entry, so each pair appears
-    # twice; the edge order matters to the partition found.
-    entries = sparse.coo_matrix(connectivities)
-    stored = entries.data != 0
-    edges = np.column_stack((entries.row[stored], entries.col[stored]))
-    weights = entries.data[stored].astype(np.float64)
-    # Freed before igraph builds its graph (a GB at a million cells), not after.
-    del entries, stored
-    graph = igraph.Graph(n=connectivities.shape[0], edges=edges, directed=False)
-    del edges
+    pairs = (
+        connectivities if isinstance(connectivities, PairEdges) else PairEdges.of(connectivities)
+    )
+    graph = igraph.Graph(n=pairs.n_vertices, edges=pairs.edges, directed=False)
     with igraph_random_state(random_state):
         if method == "louvain":
-            partition = graph.community_multilevel(weights=weights, resolution=resolution)
+            partition = graph.community_multilevel(weights=pairs.weights, resolution=resolution)
         elif method == "leiden":
             partition = graph.community_leiden(
                 objective_function="modularity",
-                weights=weights,
+                weights=pairs.weights,
                 resolution=resolution,
                 n_iterations=2,
             )

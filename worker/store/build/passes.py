@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import zarr
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
 
 from worker.compute.pca import (
     CovarianceSum,
     PrincipalComponents,
     ScaleParameters,
     project_block,
-    scaled_block,
+    shifted_block,
 )
 from worker.store.build.plan import BuildPlan
 from worker.store.build.shuffle import assemble_segment, cut_row_block, decode_piece, encode_piece
@@ -58,11 +58,14 @@ def _scan_row_block(
     """Covariance sums of one row block, and its pieces written to scratch."""
     block = _rows(plan, start, stop)
     covariance = CovarianceSum.of_block(
-        scaled_block(block, total_counts, scaling.hvg_index, scaling.parameters)
+        shifted_block(block, total_counts, scaling.hvg_index, scaling.parameters)
     )
     fs, scratch_path = filesystem(plan.scratch, plan.aws)
     pieces = {}
-    for segment, piece in cut_row_block(block, layout.segment_genes):
+    cut = cut_row_block(
+        block.indptr, block.indices, block.data, block.shape[1], layout.segment_genes
+    )
+    for segment, piece in cut:
         fs.makedirs(f"{scratch_path}/{segment}", exist_ok=True)
         pieces[segment] = encode_piece(piece)
     # All at once: on S3, one round trip for the block's pieces instead of one per segment.
@@ -145,11 +148,40 @@ def _project_row_block(
 ) -> np.ndarray:
     block = _rows(plan, start, stop)
     return project_block(
-        scaled_block(block, total_counts, scaling.hvg_index, scaling.parameters), pcs
+        shifted_block(block, total_counts, scaling.hvg_index, scaling.parameters), pcs
     )
 
 
-def assemble_and_project(
+def project(
+    client: Client,
+    plan: BuildPlan,
+    *,
+    row_ranges: list[tuple[int, int]],
+    total_counts: np.ndarray,
+    scaling: Scaling,
+    pcs: PrincipalComponents,
+) -> np.ndarray:
+    """`X_pca`, a task per row block, ahead of any other task (the assembly's)."""
+    # Only what projecting needs: the components and the shifted values' mean.
+    projection = PrincipalComponents(pcs.components, pcs.mean, np.empty(0), np.empty(0))
+    projected = [
+        client.submit(
+            _project_row_block,
+            plan,
+            scaling,
+            projection,
+            start=start,
+            stop=stop,
+            total_counts=total_counts[start:stop],
+            priority=1,
+            pure=False,
+        )
+        for start, stop in row_ranges
+    ]
+    return np.concatenate(client.gather(projected))
+
+
+def start_assembly(
     client: Client,
     plan: BuildPlan,
     *,
@@ -158,11 +190,10 @@ def assemble_and_project(
     layout: GeneLayout,
     blocks_by_segment: dict[int, list[int]],
     row_ranges: list[tuple[int, int]],
-    total_counts: np.ndarray,
-    scaling: Scaling,
-    pcs: PrincipalComponents,
-) -> np.ndarray:
-    """Write `layers/counts_by_gene` and return `X_pca`, the two passes side by side."""
+) -> list[Future]:
+    """Start writing `layers/counts_by_gene`, a task per segment, behind any task submitted
+    with a higher priority: it does not depend on the PCA, so it runs beside whatever follows
+    (the neighbour graph and the clustering, which use one core)."""
     nnz = int(layout.gene_indptr[-1])
     matrix = create_sparse_group(
         root["layers"],
@@ -175,7 +206,7 @@ def assemble_and_project(
     )
     matrix["indptr"][:] = layout.gene_indptr
     block_starts = [start for start, _ in row_ranges]
-    assembled = [
+    return [
         client.submit(
             _assemble_segment,
             plan,
@@ -184,26 +215,9 @@ def assemble_and_project(
             nnz=nnz,
             block_indices=blocks_by_segment.get(segment, []),
             block_starts=[block_starts[i] for i in blocks_by_segment.get(segment, [])],
+            priority=-1,
             pure=False,
         )
         for segment, (first, stop) in enumerate(layout.segment_genes)
         if nnz
     ]
-    # Only what projecting needs: the components and the scaled values' mean.
-    projection = PrincipalComponents(pcs.components, pcs.mean, np.empty(0), np.empty(0))
-    projected = [
-        client.submit(
-            _project_row_block,
-            plan,
-            scaling,
-            projection,
-            start=start,
-            stop=stop,
-            total_counts=total_counts[start:stop],
-            pure=False,
-        )
-        for start, stop in row_ranges
-    ]
-    x_pca = np.concatenate(client.gather(projected))
-    client.gather(assembled)
-    return x_pca

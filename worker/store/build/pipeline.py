@@ -1,13 +1,15 @@
 """Building an experiment store version from source samples, streaming.
 
 Stages, none holding more than a bounded number of blocks:
-1. ingest (one task, in source order): `X` as CSR, per-cell QC and per-gene moments;
+1. ingest (a task per shard of `X` where the source is CSR, else one task in source order):
+   `X` as CSR, per-cell QC and per-gene moments;
 2. highly variable genes and the scale of each, from the moments;
 3. covariance scan (a task per row block of `X`): the PCA covariance of the scaled highly
    variable genes, and the row block cut into pieces of the gene-major copy;
-4. assembly (a task per segment of the gene-major arrays) and projection (a task per row
-   block), side by side: `layers/counts_by_gene` and `obsm/X_pca`;
-5. the neighbour graph and the clustering, on the PCA, which fits in memory;
+4. projection (a task per row block): `obsm/X_pca`;
+5. the neighbour graph and the clustering, on the PCA, which fits in memory, in the
+   orchestrating task, while the gene-major copy `layers/counts_by_gene` is assembled beside
+   them (a task per segment of its arrays);
 6. the tables and metadata.
 """
 
@@ -23,17 +25,17 @@ import pandas as pd
 import scipy.sparse as sp
 import zarr
 from anndata.utils import make_index_unique
-from distributed import Client
+from distributed import Client, wait
 
-from worker.compute.graph import cluster, neighbour_graph
+from worker.compute.graph import PairEdges, cluster, neighbour_graph
 from worker.compute.hvg import seurat_hvg
 from worker.compute.pca import n_components, principal_components, scale_parameters
 from worker.errors import UnsupportedFormat
 from worker.store.build.ingest import ingest
-from worker.store.build.passes import GeneLayout, Scaling, assemble_and_project, scan
-from worker.store.build.plan import BuildPlan, BuildSummary, Stages
+from worker.store.build.passes import GeneLayout, Scaling, project, scan, start_assembly
+from worker.store.build.plan import BuildOptions, BuildPlan, BuildSummary, Stages
 from worker.store.build.shuffle import segment_gene_ranges
-from worker.store.build.tables import write_embeddings_and_metadata, write_tables
+from worker.store.build.tables import write_graph, write_metadata, write_pca, write_tables
 from worker.store.gene_blocks import major_ranges
 from worker.store.locations import BUILDING, filesystem, zarr_store
 from worker.store.sources import SourceSample
@@ -65,7 +67,14 @@ def build_store(
     root.attrs.update(element_attributes("anndata"))
     root.create_group("layers", attributes=element_attributes("dict"))
     with _marked_as_building(plan):
-        ingested = ingest(root=root, samples=samples, is_mito=is_mito, options=options)
+        ingested = ingest(
+            client,
+            plan,
+            root=root,
+            samples=samples,
+            is_mito=is_mito,
+            progress=lambda done, total: stages.progress("ingest", done, total),
+        )
         n_cells, nnz = ingested.n_cells, ingested.nnz
         if n_cells < 2:
             raise UnsupportedFormat(f"the source has {n_cells} cell(s); at least 2 are needed")
@@ -98,7 +107,19 @@ def build_store(
             "covariance scan", components=len(pcs.components), segments=len(layout.segment_genes)
         )
 
-        x_pca = assemble_and_project(
+        x_pca = project(
+            client,
+            plan,
+            row_ranges=row_ranges,
+            total_counts=ingested.total_counts,
+            scaling=scaling,
+            pcs=pcs,
+        )
+        with _staged(root) as pca_root:
+            write_pca(pca_root, x_pca=x_pca, pcs=pcs, hvg_index=hvg_index, n_genes=n_genes)
+        stages.done("projection")
+
+        assembly = start_assembly(
             client,
             plan,
             root=root,
@@ -106,58 +127,67 @@ def build_store(
             layout=layout,
             blocks_by_segment=blocks_by_segment,
             row_ranges=row_ranges,
-            total_counts=ingested.total_counts,
-            scaling=scaling,
-            pcs=pcs,
         )
+        try:
+            labels = _graph_and_clusters(root, x_pca, options)
+            stages.done("neighbours and clustering", clusters=int(labels.max()) + 1)
+        finally:
+            # No task may write into a build that failed.
+            wait(assembly)
+        client.gather(assembly)
         fs, scratch_path = filesystem(plan.scratch, plan.aws)
         if fs.exists(scratch_path):
             fs.rm(scratch_path, recursive=True)
-        stages.done("gene-major copy and projection")
-
-        if n_cells >= options.min_cells_for_graph:
-            _return_freed_memory()
-            connectivities, distances = neighbour_graph(
-                x_pca, n_neighbors=options.n_neighbors, random_state=options.random_state
-            )
-            _return_freed_memory()
-            labels = cluster(
-                connectivities, resolution=options.resolution, random_state=options.random_state
-            )
-            _return_freed_memory()
-        else:
-            connectivities = distances = sp.csr_matrix((n_cells, n_cells), dtype=np.float32)
-            labels = np.zeros(n_cells, dtype=np.int64)
-        stages.done("neighbours and clustering", clusters=int(labels.max()) + 1)
+        stages.done("gene-major copy")
 
         sample_names = [sample.name for sample in samples]
-        # Written through a store that keeps the metadata in memory: anndata's writer checks
-        # and reads it hundreds of times, each a round trip on S3.
-        staged = StagedStore.over(root.store)
-        tables_root = zarr.open_group(staged, mode="r+", zarr_format=3)
-        write_tables(
-            tables_root,
-            ingested=ingested,
-            genes=genes,
-            gene_ids=gene_ids,
-            gene_names=gene_names,
-            sample_names=sample_names,
-        )
-        write_embeddings_and_metadata(
-            tables_root,
-            x_pca=x_pca,
-            pcs=pcs,
-            hvg_index=hvg_index,
-            n_genes=n_genes,
-            connectivities=connectivities,
-            distances=distances,
-            options=options,
-            provenance=provenance,
-        )
-        zarr.consolidate_metadata(staged)
-        staged.flush()
+        with _staged(root) as tables_root:
+            write_tables(
+                tables_root,
+                ingested=ingested,
+                genes=genes,
+                gene_ids=gene_ids,
+                gene_names=gene_names,
+                sample_names=sample_names,
+            )
+            write_metadata(tables_root, pcs=pcs, options=options, provenance=provenance)
+            zarr.consolidate_metadata(tables_root.store)
     stages.done("tables and metadata")
     return BuildSummary(n_cells, n_genes, nnz, sample_names, ingested.sample_codes, labels)
+
+
+def _graph_and_clusters(root: zarr.Group, x_pca: np.ndarray, options: BuildOptions) -> np.ndarray:
+    """The neighbour graph, written as soon as it is known (its search structures gone), and
+    the cluster of each cell."""
+    n_cells = len(x_pca)
+    if n_cells < options.min_cells_for_graph:
+        empty = sp.csr_matrix((n_cells, n_cells), dtype=np.float32)
+        with _staged(root) as graph_root:
+            write_graph(graph_root, connectivities=empty, distances=empty)
+        return np.zeros(n_cells, dtype=np.int64)
+    _return_freed_memory()
+    connectivities, distances = neighbour_graph(
+        x_pca, n_neighbors=options.n_neighbors, random_state=options.random_state
+    )
+    with _staged(root) as graph_root:
+        write_graph(graph_root, connectivities=connectivities, distances=distances)
+    # Only the edges go on to the clustering.
+    pairs = PairEdges.of(connectivities)
+    del connectivities, distances
+    _return_freed_memory()
+    labels = cluster(pairs, resolution=options.resolution, random_state=options.random_state)
+    del pairs
+    _return_freed_memory()
+    return labels
+
+
+@contextlib.contextmanager
+def _staged(root: zarr.Group) -> Iterator[zarr.Group]:
+    """The version's root through a store that keeps the metadata in memory until the block
+    ends: anndata's writer checks and reads it hundreds of times, each a round trip on S3."""
+    staged = StagedStore.over(root.store)
+    yield zarr.open_group(staged, mode="r+", zarr_format=3)
+    staged.flush()
 
 
 @contextlib.contextmanager

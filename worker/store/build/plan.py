@@ -20,8 +20,9 @@ STAGES = (
     "ingest",
     "highly variable genes",
     "covariance scan",
-    "gene-major copy and projection",
+    "projection",
     "neighbours and clustering",
+    "gene-major copy",
     "tables and metadata",
 )
 

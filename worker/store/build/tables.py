@@ -1,5 +1,5 @@
-"""The last stage: the AnnData elements that are not counts (obs, var, the PCA, the neighbour
-graph, uns), written once everything they hold is known."""
+"""The AnnData elements that are not counts (obs, var, the PCA, the neighbour graph, uns),
+each written once everything it holds is known."""
 
 import numpy as np
 import pandas as pd
@@ -51,17 +51,13 @@ def write_tables(
     write_elem(root, "var", var)
 
 
-def write_embeddings_and_metadata(
+def write_pca(
     root: zarr.Group,
     *,
     x_pca: np.ndarray,
     pcs: PrincipalComponents,
     hvg_index: np.ndarray,
     n_genes: int,
-    connectivities: sp.csr_matrix,
-    distances: sp.csr_matrix,
-    options: BuildOptions,
-    provenance: dict,
 ) -> None:
     loadings = np.zeros((n_genes, len(pcs.components)), dtype=np.float32)
     loadings[hvg_index] = pcs.components.T
@@ -75,7 +71,17 @@ def write_embeddings_and_metadata(
         dataset_kwargs={"chunks": (min(len(x_pca), PCA_ROWS_PER_CHUNK), 2), "shards": None},
     )
     write_elem(root, "varm", {"PCs": loadings})
+
+
+def write_graph(
+    root: zarr.Group, *, connectivities: sp.csr_matrix, distances: sp.csr_matrix
+) -> None:
     write_elem(root, "obsp", {"connectivities": connectivities, "distances": distances})
+
+
+def write_metadata(
+    root: zarr.Group, *, pcs: PrincipalComponents, options: BuildOptions, provenance: dict
+) -> None:
     write_elem(root, "varp", {})
     write_elem(
         root,

@@ -105,24 +105,39 @@ def csr_row_blocks(
 
     `keep_cols`, if given, selects (and renumbers) the columns to keep.
     """
+    indptr = checked_indptr(group, n_rows, source)
+    for start in range(0, n_rows, rows_per_block):
+        stop = min(start + rows_per_block, n_rows)
+        first, last = indptr[start], indptr[stop]
+        values, indices = checked_entries(group, first, last, n_cols, source)
+        block = sparse.csr_matrix(
+            (values, indices, indptr[start : stop + 1] - first), shape=(stop - start, n_cols)
+        )
+        yield canonical_csr(block if keep_cols is None else block[:, keep_cols])
+
+
+def checked_indptr(group: h5py.Group, n_rows: int, source: str) -> np.ndarray:
+    """The `indptr` of a CSR stored as `data`, `indices`, `indptr`, as int64, checked."""
     indptr = group["indptr"][:].astype(np.int64)
     n_stored = group["data"].shape[0]
     if len(indptr) != n_rows + 1 or indptr[0] != 0 or indptr[-1] > n_stored:
         raise UnsupportedFormat(f"{source}: indptr does not fit a matrix of {n_rows} rows")
     if np.any(np.diff(indptr) < 0):
         raise UnsupportedFormat(f"{source}: indptr is not non-decreasing")
-    for start in range(0, n_rows, rows_per_block):
-        stop = min(start + rows_per_block, n_rows)
-        first, last = indptr[start], indptr[stop]
-        values = group["data"][first:last]
-        indices = group["indices"][first:last]
-        check_counts(values, source)
-        if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
-            raise UnsupportedFormat(f"{source}: column indices out of range for {n_cols} columns")
-        block = sparse.csr_matrix(
-            (values, indices, indptr[start : stop + 1] - first), shape=(stop - start, n_cols)
-        )
-        yield canonical_csr(block if keep_cols is None else block[:, keep_cols])
+    return indptr
+
+
+def checked_entries(
+    group: h5py.Group, start: int, stop: int, n_cols: int, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values and column indices of the stored entries `[start, stop)`, as read, checked:
+    non-negative integer counts, indices within the columns."""
+    values = group["data"][start:stop]
+    indices = group["indices"][start:stop]
+    check_counts(values, source)
+    if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
+        raise UnsupportedFormat(f"{source}: column indices out of range for {n_cols} columns")
+    return values, indices
 
 
 def _in_row_block_order(entries: Generator[Entries], rows_per_block: int) -> bool:

@@ -16,6 +16,8 @@ from worker.store.sources.blocks import (
     bucket_row_blocks,
     canonical_csr,
     check_counts,
+    checked_entries,
+    checked_indptr,
     csr_row_blocks,
 )
 from worker.store.sources.sample import SourceSample
@@ -85,6 +87,10 @@ def open_10x_h5(
         gene_ids=feature_ids[keep],
         gene_names=feature_names[keep],
         read_blocks=partial(_10x_blocks, fs, path, group.name, n_cells, n_features, keep_cols),
+        # Cell Ranger stores genes x cells as CSC, which is cells x genes as CSR.
+        open_entries=None
+        if keep_cols is not None
+        else partial(_open_entries, fs, path, group.name, n_cells, n_features, path),
     )
 
 
@@ -122,7 +128,27 @@ def open_h5ad(fs: fsspec.AbstractFileSystem, path: str, file: h5py.File, name: s
         gene_ids=gene_ids,
         gene_names=gene_names,
         read_blocks=partial(_h5ad_blocks, fs, path, matrix_key, layout, shape),
+        open_entries=partial(_open_entries, fs, path, matrix_key, *shape, f"{path}:{matrix_key}")
+        if layout == "csr"
+        else None,
     )
+
+
+class _Hdf5Entries:
+    def __init__(self, group: h5py.Group, n_rows: int, n_cols: int, source: str):
+        self._group = group
+        self._n_cols = n_cols
+        self._source = source
+        self.indptr = checked_indptr(group, n_rows, source)
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        return checked_entries(self._group, start, stop, self._n_cols, self._source)
+
+
+@contextmanager
+def _open_entries(fs, path, group_name, n_rows, n_cols, source) -> Iterator[_Hdf5Entries]:
+    with open_hdf5(fs, path) as file:
+        yield _Hdf5Entries(file[group_name], n_rows, n_cols, source)
 
 
 def _10x_blocks(fs, path, group_name, n_cells, n_features, keep_cols, rows_per_block):
