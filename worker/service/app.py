@@ -9,7 +9,6 @@ from distributed import Client
 
 from worker.local.emulator import Emulator, endpoint_listening, provision
 from worker.local.redis_server import RedisServer
-from worker.local.sample import seed_sample
 from worker.service.cluster import DaskConnection, connect, start_local_cluster
 from worker.service.health import HealthServer
 from worker.service.loop import QueueWorker
@@ -98,6 +97,10 @@ def started(settings: Settings, *, prepare_sample: bool = True) -> Iterator[Dask
         start_redis_if_needed(settings, resources)
         dask = dask_connection(settings, resources)
         if settings.seed_sample:
+            # Here, not at the top: the sample pulls in the builder and every task (anndata,
+            # numba...), which the queue process otherwise never imports.
+            from worker.local.sample import seed_sample
+
             seed_sample(settings, dask.client, prepare=prepare_sample)
         yield dask
 
