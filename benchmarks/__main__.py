@@ -1,6 +1,8 @@
 """`python -m benchmarks --tier T [--out DIR]`: generate the tier's data once, run scanpy's side,
 ours and TileDB-SOMA's, each in a process of its own, and write DIR/T.json and DIR/T.md.
-`--scaling T1,T2,...`: our side on each tier, and the scaling table (benchmarks/scaling.py)."""
+`--scaling T1,T2,...`: our side on each tier, and the scaling table (benchmarks/scaling.py).
+`--long-tasks`: the long-running v2 tasks on the store the tier's last run left
+(benchmarks/long_tasks.py), written to DIR/long-T.json and DIR/long-T.md."""
 
 import argparse
 import shlex
@@ -41,6 +43,12 @@ def main(argv: list[str]) -> int:
         help="run our side on each of these tiers (comma separated, smallest first) and write "
         "the scaling table into benchmarks/README.md",
     )
+    parser.add_argument(
+        "--long-tasks",
+        action="store_true",
+        help="run the long-running v2 tasks (export, trajectory) on the store the tier's last "
+        "run left, our side only",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     # One side's run, in the process this command starts for it.
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
@@ -60,6 +68,15 @@ def main(argv: list[str]) -> int:
 
         result = soma_side.run(tier, tier.folder / "store", EXPERIMENT)
         args.result.write_bytes(dumps(result))
+    elif args.long_tasks:
+        from benchmarks import long_tasks
+
+        result = long_tasks.run(tier)
+        text = long_tasks.markdown(result, shlex.join(["python", "-m", "benchmarks", *argv]))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"long-{tier.name}.json").write_bytes(dumps(result))
+        (args.out / f"long-{tier.name}.md").write_text(text)
+        print(f"\n{text}")
     elif args.scaling:
         names = [name.strip() for name in args.scaling.split(",") if name.strip()]
         if not set(names) <= set(TIERS):
@@ -153,6 +170,11 @@ def scaling_run(tiers: list[Tier], store: str, out: Path, command: str) -> None:
         combined = report.combine(
             header | {"machine": host, "dataset": dataset}, ours, skipped, skipped
         )
+        # Each tier's own table too, so that a tier run only here (large) has one.
+        name = f"scaling-{tier.name}" if store == "local" else f"scaling-{tier.name}-{store}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_bytes(dumps(combined))
+        (out / f"{name}.md").write_text(report.markdown(combined))
         runs.append(scaling.summarise(combined))
     text = scaling.markdown(runs, command)
     out.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,25 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
     markdown = (tmp_path / "tiny.md").read_text()
     assert "| PrepareExperiment |" in markdown and "| read 1 gene, all cells |" in markdown
 
+    # The long-running v2 tasks, on the store that run left.
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tier", "tiny", "--long-tasks", "--out",
+         str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+    )  # fmt: skip
+    long_tasks = loads((tmp_path / "long-tiny.json").read_bytes())
+    [export, starting_nodes, pseudo_time] = long_tasks["measures"].values()
+    n_cells = report["dataset"]["n_cells"]
+    assert next(iter(long_tasks["measures"])) == f"GetNormalizedExpression, {n_cells} cells"
+    # The gzipped CSV: more than a byte per twenty values of the cells x genes it holds.
+    assert export["file_mib"] * (1 << 20) > n_cells * report["dataset"]["n_genes"] / 20
+    for measure in (export, starting_nodes, pseudo_time):
+        assert 0 < measure["in_task_s"] <= measure["round_trip_s"]
+        assert measure["peak_rss_mib"] > 0
+    assert starting_nodes["answer_mib"] > 0 and pseudo_time["answer_mib"] > 0
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)

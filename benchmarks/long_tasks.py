@@ -1,0 +1,161 @@
+"""The long-running Cellenics v2 tasks on a tier's store, our side only (scanpy and TileDB-SOMA
+have no counterpart): the export of a selection of cells (GetNormalizedExpression, its gzipped
+CSV streamed into the v2 results bucket) and the trajectory (StartingNodes, then PseudoTime from
+its first node), each run once, as a person waits for it.
+
+It reads the store the tier's last `ours` run left in its folder (run `make bench` or `make
+scaling` on the tier first). The trajectory reads the embedding the API names by ETag; here that
+is the store's first two principal components written as a GetEmbedding result, because a UMAP
+of a million cells takes longer than everything else here (its time is GetEmbedding's, not the
+trajectory's).
+"""
+
+import dataclasses
+import os
+import secrets
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import zstandard
+from distributed import Client
+
+from benchmarks.measure import RssSampler, peak_rss_mib
+from benchmarks.ours import _free_port, _wait_until_warm, timed_run_task
+from benchmarks.tiers import EXPERIMENT, Tier
+from worker.jsonio import dumps
+from worker.local.emulator import Emulator, provision
+from worker.service.cluster import load_conf, start_local_cluster
+from worker.settings import load_settings
+from worker.store.cell_sets import cluster_hierarchy, update_cell_sets
+from worker.store.experiment import open_experiment
+from worker.store.result_file import ResultFile
+from worker.tasks.base import TaskContext
+from worker.transport.aws import aws_client
+
+# The export's selection: every n-th cell, so that it is spread over the whole store.
+EXPORTED_CELLS = 10_000
+EXPORT = "GetNormalizedExpression"
+STARTING_NODES = "GetTrajectoryAnalysisStartingNodes"
+PSEUDO_TIME = "GetTrajectoryAnalysisPseudoTime"
+
+
+def run(tier: Tier) -> dict:
+    store_root = tier.folder / "store"
+    if not (store_root / EXPERIMENT / "manifest.json").exists():
+        raise SystemExit(f"no store in {store_root}: run `make bench TIER={tier.name}` first")
+    emulator = Emulator(_free_port())
+    try:
+        settings = load_settings(
+            {
+                "CLUSTER_ENV": "test",
+                "AWS_ENDPOINT_URL": emulator.url,
+                "WORKER_STORE_ROOT": str(store_root),
+            }
+        )
+        load_conf(Path(settings.conf_dir))
+        dask.config.set({"worker.warm-up-numba": tier.numba_warm})
+        provision(settings)
+        with start_local_cluster(dashboard_address=":0") as cluster, Client(cluster) as client:
+            _wait_until_warm(client)
+            worker_pids = client.run(os.getpid)
+            with RssSampler([os.getpid(), *worker_pids.values()]) as sampler:
+                measures = _measures(client, settings, tier, sampler)
+                peaks = {"benchmark process (client)": peak_rss_mib()} | {
+                    f"Dask worker {worker_pids[address]}": peak
+                    for address, peak in client.run(peak_rss_mib).items()
+                }
+    finally:
+        emulator.stop()
+    return {"tier": tier.name, "measures": measures, "peak_rss_mib_by_process": peaks}
+
+
+def _measures(client: Client, settings, tier: Tier, sampler: RssSampler) -> dict:
+    context = TaskContext.for_experiment(settings, EXPERIMENT)
+    store = open_experiment(settings.store_root, EXPERIMENT, settings.aws)
+    n_cells = store.n_cells
+    exported = np.arange(0, n_cells, max(1, n_cells // EXPORTED_CELLS))
+    export_labels = np.zeros(n_cells, dtype=np.int64)
+    export_labels[exported] = 1
+    update_cell_sets(
+        context.cell_sets_location,
+        lambda current: [
+            cluster_hierarchy("export", "Exported", export_labels, child_names=["rest", "exported"])
+        ],
+    )
+    embedding_etag = _stored_pca_embedding(settings, store.pca_coordinates())
+    export_key = secrets.token_hex(16)
+    export_context = dataclasses.replace(
+        context,
+        result_file=ResultFile(settings.aws, settings.v2_results_bucket, export_key),
+    )
+    trajectory = {
+        "embedding": {"ETag": embedding_etag, "method": "umap", "methodSettings": {}},
+        "clustering": {"method": "louvain", "resolution": 0.8},
+        "cellSets": [],
+    }
+    runs = [
+        (
+            f"{EXPORT}, {len(exported)} cells",
+            export_context,
+            {"name": EXPORT, "subsetBy": {"customCellSets": ["export-1"]}},
+        ),
+        (f"{STARTING_NODES}, every cell", context, {"name": STARTING_NODES, **trajectory}),
+        (
+            f"{PSEUDO_TIME}, every cell, from node 0",
+            context,
+            {"name": PSEUDO_TIME, **trajectory, "rootNodes": [0]},
+        ),
+    ]
+    measures = {}
+    for name, task_context, body in runs:
+        print(f"running {name}", flush=True)
+        sampler.take_peak_mib()
+        started = time.perf_counter()
+        in_task, answer = client.submit(
+            timed_run_task, body, task_context, "v2", pure=False
+        ).result()
+        measures[name] = {
+            "in_task_s": in_task,
+            "round_trip_s": time.perf_counter() - started,
+            "peak_rss_mib": sampler.take_peak_mib(),
+            "answer_mib": len(answer) / (1 << 20),
+        }
+    s3 = aws_client("s3", settings.aws)
+    exported_bytes = s3.head_object(Bucket=settings.v2_results_bucket, Key=export_key)
+    measures[f"{EXPORT}, {len(exported)} cells"]["file_mib"] = exported_bytes["ContentLength"] / (
+        1 << 20
+    )
+    return measures
+
+
+def _stored_pca_embedding(settings, coordinates: np.ndarray) -> str:
+    """`coordinates` stored as a v2 GetEmbedding result (zstd JSON, a point per cell), as the
+    API finds it by ETag; returns the ETag."""
+    etag = secrets.token_hex(16)
+    stored = zstandard.ZstdCompressor(level=3).compress(dumps(coordinates.tolist()))
+    aws_client("s3", settings.aws).put_object(
+        Bucket=settings.v2_results_bucket, Key=etag, Body=stored
+    )
+    return etag
+
+
+def markdown(result: dict, command: str) -> str:
+    lines = [
+        f"`{command}`, tier {result['tier']}:",
+        "",
+        "| task | in task | round trip | peak MiB (any process) | answer MiB | file MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, measure in result["measures"].items():
+        file_mib = f"{measure['file_mib']:.1f}" if "file_mib" in measure else ""
+        lines.append(
+            f"| {name} | {measure['in_task_s']:.2f} s | {measure['round_trip_s']:.2f} s "
+            f"| {measure['peak_rss_mib']:.0f} | {measure['answer_mib']:.2f} | {file_mib} |"
+        )
+    lines += ["", "Peak memory (ru_maxrss) of each process, MiB:", ""]
+    lines += [
+        f"- {process}: {peak:.0f}" for process, peak in result["peak_rss_mib_by_process"].items()
+    ]
+    return "\n".join(lines) + "\n"
