@@ -1,7 +1,9 @@
-"""The long-running Cellenics v2 tasks on a tier's store, our side only (scanpy and TileDB-SOMA
-have no counterpart): the export of a selection of cells (GetNormalizedExpression, its gzipped
-CSV streamed into the v2 results bucket) and the trajectory (StartingNodes, then PseudoTime from
-its first node), each run once, as a person waits for it.
+"""The Cellenics v2 path on a tier's store, our side only (scanpy and TileDB-SOMA have no
+counterpart): the long-running tasks, the export of a selection of cells (GetNormalizedExpression,
+its gzipped CSV streamed into the v2 results bucket) and the trajectory (StartingNodes, then
+PseudoTime from its first node), each run once, as a person waits for it; and GeneExpression of
+one gene sent as the platform's API sends it, to `python -m worker`, timed until the browser's
+notification that the result is stored.
 
 It reads the store the tier's last `ours` run left in its folder (run `make bench` or `make
 scaling` on the tier first). The trajectory reads the embedding the API names by ETag; here that
@@ -21,10 +23,11 @@ import numpy as np
 import zstandard
 from distributed import Client
 
-from benchmarks.measure import RssSampler, peak_rss_mib
-from benchmarks.ours import _free_port, _wait_until_warm, timed_run_task
-from benchmarks.tiers import EXPERIMENT, Tier
+from benchmarks.measure import RssSampler, peak_rss_mib, repeat
+from benchmarks.ours import _free_port, _queue_worker_process, _wait_until_warm, timed_run_task
+from benchmarks.tiers import EXPERIMENT, ONE_GENE, Tier
 from worker.jsonio import dumps
+from worker.local.client import V2Client
 from worker.local.emulator import Emulator, provision
 from worker.service.cluster import load_conf, start_local_cluster
 from worker.settings import load_settings
@@ -39,6 +42,7 @@ EXPORTED_CELLS = 10_000
 EXPORT = "GetNormalizedExpression"
 STARTING_NODES = "GetTrajectoryAnalysisStartingNodes"
 PSEUDO_TIME = "GetTrajectoryAnalysisPseudoTime"
+V2_END_TO_END = "GeneExpression v2, 1 gene, send to stored and notified"
 
 
 def run(tier: Tier) -> dict:
@@ -52,6 +56,8 @@ def run(tier: Tier) -> dict:
                 "CLUSTER_ENV": "test",
                 "AWS_ENDPOINT_URL": emulator.url,
                 "WORKER_STORE_ROOT": str(store_root),
+                "WORKER_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0",
+                "WORKER_POLL_WAIT": "1",
             }
         )
         load_conf(Path(settings.conf_dir))
@@ -62,6 +68,12 @@ def run(tier: Tier) -> dict:
             worker_pids = client.run(os.getpid)
             with RssSampler([os.getpid(), *worker_pids.values()]) as sampler:
                 measures = _measures(client, settings, tier, sampler)
+                # It starts the Redis of the settings, where the browser's notifications go.
+                with _queue_worker_process(
+                    settings, cluster.scheduler_address, tier.folder
+                ) as queue_worker:
+                    sampler.watch(queue_worker.pid)
+                    measures[V2_END_TO_END] = _v2_end_to_end(settings, tier, sampler)
                 peaks = {"benchmark process (client)": peak_rss_mib()} | {
                     f"Dask worker {worker_pids[address]}": peak
                     for address, peak in client.run(peak_rss_mib).items()
@@ -130,6 +142,25 @@ def _measures(client: Client, settings, tier: Tier, sampler: RssSampler) -> dict
     return measures
 
 
+def _v2_end_to_end(settings, tier: Tier, sampler: RssSampler) -> dict:
+    v2 = V2Client(settings)
+    body = {"name": "GeneExpression", "genes": [ONE_GENE]}
+
+    def once() -> dict[str, float]:
+        message = v2.message(body, EXPERIMENT)
+        started = time.perf_counter()
+        # A message group of its own: the API sends every message in one group, which SQS
+        # holds back while the group's previous message is in flight (see the README).
+        v2.send(message, group_id=secrets.token_hex(8))
+        v2.answer(message, timeout_s=300)
+        return {"send_to_stored": time.perf_counter() - started}
+
+    try:
+        return repeat(once, tier.light_repeats, sampler)
+    finally:
+        v2.close()
+
+
 def _stored_pca_embedding(settings, coordinates: np.ndarray) -> str:
     """`coordinates` stored as a v2 GetEmbedding result (zstd JSON, a point per cell), as the
     API finds it by ETag; returns the ETag."""
@@ -149,11 +180,19 @@ def markdown(result: dict, command: str) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, measure in result["measures"].items():
+        if name == V2_END_TO_END:
+            continue
         file_mib = f"{measure['file_mib']:.1f}" if "file_mib" in measure else ""
         lines.append(
             f"| {name} | {measure['in_task_s']:.2f} s | {measure['round_trip_s']:.2f} s "
             f"| {measure['peak_rss_mib']:.0f} | {measure['answer_mib']:.2f} | {file_mib} |"
         )
+    end_to_end = result["measures"][V2_END_TO_END]["send_to_stored"]
+    lines += [
+        "",
+        f"{V2_END_TO_END}: p50 {end_to_end['p50_s'] * 1000:.1f} ms, p90 "
+        f"{end_to_end['p90_s'] * 1000:.1f} ms ({end_to_end['runs']} runs).",
+    ]
     lines += ["", "Peak memory (ru_maxrss) of each process, MiB:", ""]
     lines += [
         f"- {process}: {peak:.0f}" for process, peak in result["peak_rss_mib_by_process"].items()

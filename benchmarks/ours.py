@@ -310,6 +310,9 @@ def _queue_worker_process(
         "WORKER_SEED_SAMPLE": "false",
         "DASK_SCHEDULER_ADDRESS": scheduler_address,
     }
+    if settings.redis_url is not None:
+        # The platform's Redis (Cellenics v2 notifications); started by the worker if absent.
+        environment["WORKER_REDIS_URL"] = settings.redis_url
     log_path = folder / "queue-worker.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(

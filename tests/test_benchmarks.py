@@ -72,7 +72,7 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
         timeout=600,
     )  # fmt: skip
     long_tasks = loads((tmp_path / "long-tiny.json").read_bytes())
-    [export, starting_nodes, pseudo_time] = long_tasks["measures"].values()
+    [export, starting_nodes, pseudo_time, end_to_end] = long_tasks["measures"].values()
     n_cells = report["dataset"]["n_cells"]
     assert next(iter(long_tasks["measures"])) == f"GetNormalizedExpression, {n_cells} cells"
     # The gzipped CSV: more than a byte per twenty values of the cells x genes it holds.
@@ -81,6 +81,8 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
         assert 0 < measure["in_task_s"] <= measure["round_trip_s"]
         assert measure["peak_rss_mib"] > 0
     assert starting_nodes["answer_mib"] > 0 and pseudo_time["answer_mib"] > 0
+    timing = end_to_end["send_to_stored"]
+    assert 0 < timing["p50_s"] <= timing["p90_s"]
 
 
 @pytest.mark.slow

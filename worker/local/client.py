@@ -151,9 +151,11 @@ class V2Client:
             **fields,
         }
 
-    def send(self, message: dict | str) -> None:
+    def send(self, message: dict | str, group_id: str = "work") -> None:
+        """Put `message` on the work queue, in the FIFO message group the API uses (`work`)
+        unless told another."""
         text = message if isinstance(message, str) else dumps(message).decode()
-        self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=text, MessageGroupId="work")
+        self._sqs.send_message(QueueUrl=self.queue_url, MessageBody=text, MessageGroupId=group_id)
 
     def events(self, wait_s: float = 1.0) -> list[tuple[str, Any]]:
         """The socket.io events emitted since the last call (also kept in `seen`), waiting up
