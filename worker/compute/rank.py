@@ -11,7 +11,7 @@ from typing import Literal
 
 import numba
 import numpy as np
-from scipy import sparse, stats
+from scipy import sparse
 
 from worker.compute.arithmetic import log_normalise, mean_variance
 
@@ -58,6 +58,10 @@ def rank_gene_block(
     mean1, var1 = mean_variance(sum1, squares1, n1)
     mean2, var2 = mean_variance(sum2, squares2, n2)
     nonzero1, nonzero2, rank_sum = sums[NONZERO, 0], sums[NONZERO, 1], sums[RANK_SUM, 0]
+
+    # scipy.stats here, not at the top: the queue process imports every task's module and
+    # would hold it (44 MiB) without using it.
+    from scipy import stats
 
     if method == "wilcoxon":
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -9,7 +9,7 @@ comparisons share one pass over the store.
 """
 
 import numpy as np
-from scipy import sparse, stats
+from scipy import sparse
 
 from worker.compute.arithmetic import log_normalise
 from worker.compute.pseudobulk import DOUBLE_XMIN
@@ -120,6 +120,10 @@ def wilcoxauc(rank_sums: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, 
     with np.errstate(invalid="ignore", divide="ignore"):
         z_score = z / sigma
     z_score[~np.isfinite(z_score)] = 0
+    # scipy.stats here, not at the top: the queue process imports every task's module and
+    # would hold it (44 MiB) without using it.
+    from scipy import stats
+
     pval = 2 * stats.norm.sf(np.abs(z_score))
     return {
         "avgExpr": mean_in,
