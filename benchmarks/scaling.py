@@ -17,10 +17,11 @@ MIB = 1 << 20
 # flat otherwise.
 BYTES_PER_CELL_FLAT = 50 * 4
 TEN_MILLION = 10_000_000
-# Stages that run as one Dask task per block, and so spread over every worker's threads; the
-# others run in one process (ingest: one task reading the source in order; neighbours and
-# clustering: in memory on the PCA; tables: one writer).
-PARALLEL_STAGES = ("covariance scan", "gene-major copy and projection")
+# Stages that run as one Dask task per block, and so spread over every worker's threads (the
+# ingest of CSR sources: a task per shard of `X`; the gene-major copy's assembly runs beside the
+# neighbours, and its stage is what is left of it after them); the others run in one process
+# (neighbours and clustering: in memory on the PCA; tables: one writer).
+PARALLEL_STAGES = ("ingest", "covariance scan", "projection", "gene-major copy")
 WORKERS = (1, 2, 4, 8, 16, 32)
 TARGET_S = 30 * 60
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.report import MEASURES, s3_latency
+from benchmarks.scaling import PARALLEL_STAGES
 from benchmarks.soma_side import QUERIES as SOMA_QUERIES
 from worker.jsonio import loads
 from worker.store.build import STAGES
@@ -117,3 +118,7 @@ def test_tiny_tier_on_s3_reports_requests_at_both_latencies(tmp_path):
     assert prepare["s3_mib_sent_per_run"] > 0  # the store was written to S3
     markdown = (tmp_path / "tiny-s3.md").read_text()
     assert "sequential round trips" in markdown and "| GetEmbedding pca |" in markdown
+
+
+def test_the_stages_that_scale_out_are_stages_of_the_build():
+    assert set(PARALLEL_STAGES) <= set(STAGES)
