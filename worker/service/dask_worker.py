@@ -4,6 +4,7 @@ Dask worker's log, and, where `worker.warm-up-numba` is true, numba's compilatio
 neighbour graph in the background, so that the first PrepareExperiment on a fresh Dask worker
 does not wait the minute it takes."""
 
+import importlib
 import logging
 import os
 import threading
@@ -30,6 +31,11 @@ WARM_UP_DIMENSIONS = 50
 def dask_setup(dask_worker) -> None:
     load_logging_conf(Path(os.environ.get("WORKER_CONF_DIR", "conf")))
     if dask.config.get("worker.warm-up-numba", default=False):
+        # Imported here first, in this thread: the tasks unpickled while the warm-up runs import
+        # the same modules, and a module two threads import at once can be seen half-made
+        # (ImportError on scipy.spatial, seen on a Dask worker that restarted mid-benchmark).
+        importlib.import_module("scanpy")
+        importlib.import_module("worker.tasks")
         threading.Thread(target=_compile_neighbour_graph, name="numba-warm-up", daemon=True).start()
     else:
         warm.set()
