@@ -22,6 +22,8 @@ EPSILON = 1e-5
 GAMMA = 0.5
 SIGMA = 0.01
 CENTRES_PER_CLUSTER = 15
+# Points per block where a points x centres matrix is needed (at 500 centres, 200 MB).
+BLOCK_POINTS = 50_000
 SEED = 42
 # Ours: every cell's soft assignment to every centre is held (cells x centres), so they are
 # bounded (monocle's rule gives some 1500 centres for 16 clusters of a million cells).
@@ -81,21 +83,42 @@ def simple_ppt(
     for _iteration in range(MAX_ITERATIONS):
         tree = minimum_spanning_tree(cdist(centres, centres, "sqeuclidean"))
         tree = ((tree + tree.T) > 0).astype(np.float64)
-        distances = cdist(points, centres, "sqeuclidean")
-        row_min = distances.min(axis=1, keepdims=True)
-        weights = np.exp(-(distances - row_min) / sigma)
-        row_sums = weights.sum(axis=1, keepdims=True)
-        assignment = weights / row_sums
+        totals, weighted, log_term = soft_assignment_sums(points, centres, sigma)
         spanning = cdist(centres, centres, "sqeuclidean")[tree.nonzero()].sum()
-        new_objective = spanning + gamma * -sigma * np.sum(np.log(row_sums) - row_min / sigma)
+        new_objective = spanning + gamma * -sigma * log_term
         if objective is not None and abs(new_objective - objective) / abs(objective) < EPSILON:
             break
         objective = new_objective
         degree = np.asarray(tree.sum(axis=1)).ravel()
         laplacian = np.diag(degree) - tree.toarray()
-        system = 2 * laplacian + gamma * np.diag(assignment.sum(axis=0))
-        centres = np.linalg.solve(system.T, (gamma * points.T @ assignment).T)
+        system = 2 * laplacian + gamma * np.diag(totals)
+        centres = np.linalg.solve(system.T, (gamma * weighted).T)
     return centres, sparse.csr_matrix(tree)
+
+
+def soft_assignment_sums(
+    points: np.ndarray, centres: np.ndarray, sigma: float, block_points: int = BLOCK_POINTS
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """What SimplePPT needs of every point's soft assignment to the centres, summed a block of
+    points at a time (whole, the points x centres matrices took 18 GB at a million cells): each
+    centre's total assignment, the points weighted by it (dimensions x centres), and the sum
+    over points of log(row sum) - row minimum / sigma."""
+    totals = np.zeros(len(centres))
+    weighted = np.zeros((points.shape[1], len(centres)))
+    log_term = 0.0
+    for start in range(0, len(points), block_points):
+        block = points[start : start + block_points]
+        weights = cdist(block, centres, "sqeuclidean")
+        row_min = weights.min(axis=1, keepdims=True)
+        weights -= row_min
+        np.divide(weights, -sigma, out=weights)
+        np.exp(weights, out=weights)
+        row_sums = weights.sum(axis=1, keepdims=True)
+        weights /= row_sums
+        totals += weights.sum(axis=0)
+        weighted += block.T @ weights
+        log_term += float(np.sum(np.log(row_sums) - row_min / sigma))
+    return totals, weighted, log_term
 
 
 def learn_graph(
@@ -152,7 +175,12 @@ def pseudotime(graph: PrincipalGraph, points: np.ndarray, roots: list[int]) -> n
         (lengths, (graph.edges[:, 0], graph.edges[:, 1])), shape=(n_nodes, n_nodes)
     ).tocsr()
     from_roots = dijkstra(adjacency, directed=False, indices=roots, min_only=True)
-    nearest = cdist(points, nodes).argmin(axis=1)
+    nearest = np.concatenate(
+        [
+            cdist(points[start : start + BLOCK_POINTS], nodes).argmin(axis=1)
+            for start in range(0, len(points), BLOCK_POINTS)
+        ]
+    )
     neighbours_of = [[] for _ in range(n_nodes)]
     for i, j in graph.edges:
         neighbours_of[i].append(j)
