@@ -3,8 +3,8 @@ GeneExpression end to end through the queue, and the memory of every process.
 
 With `store="local"` the store root is a local folder, so the emulator is not measured; the
 embedded emulator still holds the queues, the topic and the cell sets. PrepareExperiment's task
-reads its source from S3 only, so there the same build (`build_store` on a Dask worker, then
-`publish_version`) reads the local h5ad instead, and the task's cell-set writes are left out.
+reads its source from S3 only, so there the same version's life (`store/prepare.prepare_version`
+on a Dask worker) reads the local h5ad instead, and the task's cell-set writes are left out.
 With `store="s3"` the store and the source are on the emulator's S3 behind a proxy that adds
 latency (`benchmarks.s3_latency`), and PrepareExperiment is the task itself.
 """
@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dask
-from distributed import Client, worker_client
+from distributed import Client
 from fsspec.implementations.local import LocalFileSystem
 
 from benchmarks.measure import (
@@ -40,9 +40,9 @@ from worker.local.emulator import Emulator, provision
 from worker.service.cluster import load_conf, start_local_cluster
 from worker.service.dask_worker import is_warm
 from worker.settings import Settings, load_settings
-from worker.store.build import PROGRESS_TOPIC, STAGES, BuildPlan, build_store
+from worker.store.build import PROGRESS_TOPIC, STAGES
 from worker.store.cell_sets import cluster_hierarchy, update_cell_sets
-from worker.store.locations import new_version_name, publish_version, version_url
+from worker.store.prepare import prepare_version
 from worker.store.sources import open_source
 from worker.tasks import TASKS, V2_TASKS
 from worker.tasks.base import TaskContext
@@ -194,22 +194,16 @@ def _queries(tier: Tier) -> list[tuple[str, str, dict, int]]:
 
 
 def prepare_from_file(context: TaskContext, source: str) -> float:
-    """PrepareExperiment's build and publish with the source read from a local file; runs on
-    a Dask worker as the task does. Returns the seconds it took there."""
+    """PrepareExperiment's version built and published with the source read from a local file;
+    runs on a Dask worker as the task does. Returns the seconds it took there."""
     started = time.perf_counter()
-    samples = open_source(LocalFileSystem(), source, "h5ad")
-    version = new_version_name()
-    url = version_url(context.store_root, context.experiment_id, version)
-    provenance = {"source": source, "format": "h5ad"}
-    with worker_client() as client:
-        build_store(
-            plan=BuildPlan(url=url, aws=context.aws),
-            samples=samples,
-            client=client,
-            provenance=provenance,
-            report=lambda progress: client.log_event(PROGRESS_TOPIC, progress),
-        )
-    publish_version(context.store_root, context.experiment_id, version, context.aws, provenance)
+    prepare_version(
+        root=context.store_root,
+        experiment_id=context.experiment_id,
+        aws=context.aws,
+        samples=open_source(LocalFileSystem(), source, "h5ad"),
+        provenance={"source": source, "format": "h5ad"},
+    )
     return time.perf_counter() - started
 
 
