@@ -49,7 +49,7 @@ def run(tier: Tier) -> dict:
     store_root = tier.folder / "store"
     if not (store_root / EXPERIMENT / "manifest.json").exists():
         raise SystemExit(f"no store in {store_root}: run `make bench TIER={tier.name}` first")
-    emulator = Emulator(_free_port())
+    emulator = Emulator(_free_port()).ready()
     try:
         settings = load_settings(
             {

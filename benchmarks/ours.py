@@ -62,7 +62,7 @@ STORES = ("local", "s3")
 def run(tier: Tier, store: str = "local") -> dict:
     shutil.rmtree(tier.folder / "store" / EXPERIMENT, ignore_errors=True)
     with ExitStack() as stack:
-        emulator = Emulator(_free_port())
+        emulator = Emulator(_free_port()).ready()
         stack.callback(emulator.stop)
         s3 = None
         environment = {"CLUSTER_ENV": "test", "WORKER_POLL_WAIT": "1"}

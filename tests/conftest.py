@@ -32,14 +32,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def emulator():
-    emulator = Emulator(free_port())
+    emulator = Emulator(free_port()).ready()
     yield emulator
     emulator.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_server():
-    server = RedisServer(free_port())
+    server = RedisServer(free_port()).ready()
     yield server
     server.stop()
 

@@ -30,15 +30,20 @@ class Emulator:
     """moto's server in a child process (worker/local/children.py), bound to 127.0.0.1 only."""
 
     def __init__(self, port: int):
+        """Starts the process; `ready` waits for it to listen (the worker starts other things
+        meanwhile)."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self._process = start_child("worker.local.emulator", str(port))
+
+    def ready(self) -> "Emulator":
         deadline = time.monotonic() + 30
         while not endpoint_listening(self.url, timeout_s=0.2):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the AWS emulator did not start on {self.url}")
             time.sleep(0.05)
+        return self
 
     def stop(self) -> None:
         stop_child(self._process)

@@ -18,6 +18,9 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{port}/0"
         self._directory = tempfile.TemporaryDirectory(prefix="worker-redis-")
         self._process = start_child("worker.local.redis_server", str(port), self._directory.name)
+
+    def ready(self) -> "RedisServer":
+        """Waits until the server answers (the worker starts other things meanwhile)."""
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 30
         while True:
@@ -30,6 +33,7 @@ class RedisServer:
                     raise RuntimeError(f"the Redis server did not start on {self.url}") from None
                 time.sleep(0.05)
         client.close()
+        return self
 
     def stop(self) -> None:
         stop_child(self._process)

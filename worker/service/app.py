@@ -23,18 +23,20 @@ from worker.transport.v2 import V2Protocol
 log = logging.getLogger(__name__)
 
 
-def start_emulator_if_needed(settings: Settings, resources: ExitStack) -> None:
-    """In development, start moto's server at the endpoint unless something listens there."""
+def start_emulator_if_needed(settings: Settings, resources: ExitStack) -> Emulator | None:
+    """In development, start moto's server at the endpoint unless something listens there;
+    returned unready (see `started`)."""
     endpoint = settings.aws.endpoint_url
     if settings.is_deployed or not endpoint:
-        return
+        return None
     if endpoint_listening(endpoint):
         print(f"using the AWS endpoint already listening at {endpoint}", flush=True)
-    elif settings.start_emulator:
-        emulator = Emulator(urlsplit(endpoint).port or 4566)
-        resources.callback(stop_then_say, emulator.stop, "the embedded AWS emulator")
-        print(f"started the embedded AWS emulator at {emulator.url}", flush=True)
-    provision(settings)
+        return None
+    if not settings.start_emulator:
+        return None
+    emulator = Emulator(urlsplit(endpoint).port or 4566)
+    resources.callback(stop_then_say, emulator.stop, "the embedded AWS emulator")
+    return emulator
 
 
 def stop_then_say(stop: Callable[[], None], what: str) -> None:
@@ -58,17 +60,18 @@ def dask_connection(settings: Settings, resources: ExitStack) -> DaskConnection:
     return connection
 
 
-def start_redis_if_needed(settings: Settings, resources: ExitStack) -> None:
-    """In development and test, start a Redis server at the Redis URL unless one answers."""
+def start_redis_if_needed(settings: Settings, resources: ExitStack) -> RedisServer | None:
+    """In development and test, start a Redis server at the Redis URL unless one answers;
+    returned unready (see `started`)."""
     if not settings.start_redis or settings.redis_url is None:
-        return
+        return None
     address = urlsplit(settings.redis_url)
     if endpoint_listening(f"tcp://{address.hostname}:{address.port or 6379}"):
         print(f"using the Redis server already listening at {settings.redis_url}", flush=True)
-        return
+        return None
     server = RedisServer(address.port or 6379)
     resources.callback(stop_then_say, server.stop, "the embedded Redis server")
-    print(f"started the embedded Redis server at {server.url}", flush=True)
+    return server
 
 
 def protocols(settings: Settings, resources: ExitStack) -> list[Protocol]:
@@ -93,9 +96,18 @@ def started(settings: Settings, *, prepare_sample: bool = True) -> Iterator[Dask
     """The emulator and Redis (in development), Dask and the seeded sample (prepared unless
     told not to); stopped in reverse on exit."""
     with ExitStack() as resources:
-        start_emulator_if_needed(settings, resources)
-        start_redis_if_needed(settings, resources)
+        # The emulator and Redis start while the LocalCluster does: each takes seconds.
+        emulator = start_emulator_if_needed(settings, resources)
+        redis_server = start_redis_if_needed(settings, resources)
         dask = dask_connection(settings, resources)
+        if emulator is not None:
+            emulator.ready()
+            print(f"started the embedded AWS emulator at {emulator.url}", flush=True)
+        if settings.aws.endpoint_url and not settings.is_deployed:
+            provision(settings)
+        if redis_server is not None:
+            redis_server.ready()
+            print(f"started the embedded Redis server at {redis_server.url}", flush=True)
         if settings.seed_sample:
             # Here, not at the top: the sample pulls in the builder and every task (anndata,
             # numba...), which the queue process otherwise never imports.
