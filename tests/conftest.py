@@ -24,6 +24,20 @@ from worker.transport.seed import SeedProtocol
 TENX_DATA = Path(__file__).resolve().parent / "data" / "10x"
 
 
+# `make test` runs the suite in pytest-xdist processes (--dist loadgroup), a file's tests in one
+# process: what a file's tests start or compile once (a cluster, numba's code) is not started or
+# compiled again by another process. The tests on the session's prepared experiments share one
+# process too, so that those experiments are prepared once.
+SHARED_GROUP = "prepared-experiments"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        shared = "session_worker" in item.fixturenames
+        in_file = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUP if shared else in_file))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
