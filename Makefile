@@ -49,7 +49,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 test: lint tools
-	$(BIN)/python -m pytest -q -n 3 --dist loadgroup --durations=20
+	$(BIN)/python -m pytest -q --durations=20
 
 bench: venv
 	$(BIN)/python -m benchmarks --tier $(TIER) --store $(STORE) --sides $(SIDES)

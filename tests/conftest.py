@@ -24,10 +24,10 @@ from worker.transport.seed import SeedProtocol
 TENX_DATA = Path(__file__).resolve().parent / "data" / "10x"
 
 
-# `make test` runs the suite in pytest-xdist processes (--dist loadgroup), a file's tests in one
-# process: what a file's tests start or compile once (a cluster, numba's code) is not started or
-# compiled again by another process. The tests on the session's prepared experiments share one
-# process too, so that those experiments are prepared once.
+# Run in pytest-xdist processes (`pytest -n 3 --dist loadgroup`, see the README's Tests), a
+# file's tests go to one process: what they start or compile once (a cluster, numba's code) is
+# not started or compiled again by another. The tests on the session's prepared experiments
+# share one process too, so that those experiments are prepared once.
 SHARED_GROUP = "prepared-experiments"
 
 
