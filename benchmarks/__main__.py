@@ -1,7 +1,7 @@
 """`python -m benchmarks --tier T [--out DIR]`: generate the tier's data once, run scanpy's side,
 ours and TileDB-SOMA's, each in a process of its own, and write DIR/T.json and DIR/T.md.
 `--scaling T1,T2,...`: our side on each tier, and the scaling table (benchmarks/scaling.py).
-`--long-tasks`: the long-running v2 tasks on the store the tier's last run left
+`--long-tasks [GROUPS]`: the long-running tasks on the store the tier's last run left
 (benchmarks/long_tasks.py), written to DIR/long-T.json and DIR/long-T.md."""
 
 import argparse
@@ -20,6 +20,8 @@ from worker.jsonio import dumps, loads
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("scanpy", "ours", "soma")
+# The long-running tasks, in the order they run (benchmarks/long_tasks.py).
+LONG_TASK_GROUPS = ("export", "trajectory", "embeddings", "v2")
 
 
 def main(argv: list[str]) -> int:
@@ -45,9 +47,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--long-tasks",
-        action="store_true",
-        help="run the long-running v2 tasks (export, trajectory) on the store the tier's last "
-        "run left, our side only",
+        nargs="?",
+        const=",".join(LONG_TASK_GROUPS),
+        metavar="GROUPS",
+        help="run the long-running tasks on the store the tier's last run left, our side only: "
+        f"the groups named, comma separated, of {', '.join(LONG_TASK_GROUPS)} (default: all)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     # One side's run, in the process this command starts for it.
@@ -71,7 +75,11 @@ def main(argv: list[str]) -> int:
     elif args.long_tasks:
         from benchmarks import long_tasks
 
-        result = long_tasks.run(tier)
+        groups = args.long_tasks.split(",")
+        unknown = sorted(set(groups) - set(LONG_TASK_GROUPS))
+        if unknown:
+            parser.error(f"--long-tasks: no group {', '.join(unknown)}")
+        result = long_tasks.run(tier, groups)
         text = long_tasks.markdown(result, shlex.join(["python", "-m", "benchmarks", *argv]))
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"long-{tier.name}.json").write_bytes(dumps(result))

@@ -73,15 +73,30 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
         timeout=600,
     )  # fmt: skip
     long_tasks = loads((tmp_path / "long-tiny.json").read_bytes())
-    [export, starting_nodes, pseudo_time, end_to_end] = long_tasks["measures"].values()
     n_cells = report["dataset"]["n_cells"]
-    assert next(iter(long_tasks["measures"])) == f"GetNormalizedExpression, {n_cells} cells"
+    embeddings = [
+        f"GetEmbedding {method}, {when}"
+        for method in ("umap", "tsne")
+        for when in ("computed", "cached")
+    ]
+    assert list(long_tasks["measures"]) == [
+        f"GetNormalizedExpression, {n_cells} cells",
+        "GetTrajectoryAnalysisStartingNodes, every cell",
+        "GetTrajectoryAnalysisPseudoTime, every cell, from node 0",
+        *embeddings,
+        "GeneExpression v2, 1 gene, send to stored and notified",
+    ]
+    [export, starting_nodes, pseudo_time, *embedded, end_to_end] = long_tasks["measures"].values()
     # The gzipped CSV: more than a byte per twenty values of the cells x genes it holds.
     assert export["file_mib"] * (1 << 20) > n_cells * report["dataset"]["n_genes"] / 20
-    for measure in (export, starting_nodes, pseudo_time):
+    for measure in (export, starting_nodes, pseudo_time, *embedded):
         assert 0 < measure["in_task_s"] <= measure["round_trip_s"]
         assert measure["peak_rss_mib"] > 0
     assert starting_nodes["answer_mib"] > 0 and pseudo_time["answer_mib"] > 0
+    # An embedding asked again is the cached one: the same answer.
+    umap, umap_again, tsne, tsne_again = embedded
+    assert umap["answer_mib"] == umap_again["answer_mib"] > 0
+    assert tsne["answer_mib"] == tsne_again["answer_mib"] > 0
     timing = end_to_end["send_to_stored"]
     assert 0 < timing["p50_s"] <= timing["p90_s"]
 
