@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -240,30 +239,35 @@ class QueueWorker:
             client.unsubscribe_topic(topic)
 
     def _wait(self, future, heartbeat: Callable[[], None]) -> TaskResult | None:
-        """The task's result; None if the shutdown grace period ended first. `heartbeat` is
-        called every HEARTBEAT_S while waiting."""
+        """The task's result; None if the shutdown grace period ended first or the cluster was
+        lost. `heartbeat` is called every HEARTBEAT_S while waiting."""
+        # Waited on through an event, not `future.result(timeout=...)`: distributed's sync with a
+        # timeout can return an unset result (UnboundLocalError) when the wait is cancelled.
+        finished = threading.Event()
+        future.add_done_callback(lambda _: finished.set())
         next_beat = time.monotonic() + HEARTBEAT_S
-        while True:
-            until_release = max(0.1, self._release_at - time.monotonic())
-            try:
-                return future.result(timeout=min(1.0, until_release))
-            except (FutureTimeout, TimeoutError):
-                if self._stopping.is_set() and time.monotonic() > self._release_at:
-                    future.cancel()
-                    return None
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + HEARTBEAT_S
-                    try:
-                        heartbeat()
-                    except TransportError as error:
-                        log.warning("a heartbeat was not sent: %s", error)
-            except Exception as error:
-                if lost_with_the_cluster(error):
-                    return None
-                # The Dask side failed (its Dask workers kept dying): answer, don't crash.
-                return TaskResult.failed(
-                    TaskFailed(f"the computation failed: {type(error).__name__}: {error}")
-                )
+        while not (finished.wait(self._wait_step()) or future.done()):
+            if self._stopping.is_set() and time.monotonic() > self._release_at:
+                future.cancel()
+                return None
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + HEARTBEAT_S
+                try:
+                    heartbeat()
+                except TransportError as error:
+                    log.warning("a heartbeat was not sent: %s", error)
+        try:
+            return future.result()
+        except Exception as error:
+            if lost_with_the_cluster(error):
+                return None
+            # The Dask side failed (its Dask workers kept dying): answer, don't crash.
+            return TaskResult.failed(
+                TaskFailed(f"the computation failed: {type(error).__name__}: {error}")
+            )
+
+    def _wait_step(self) -> float:
+        return min(1.0, max(0.1, self._release_at - time.monotonic()))
 
     def _record(self, outcome: Outcome, message: ReceivedMessage, seconds: float) -> None:
         self._health.request_finished(outcome.task, outcome.kind, seconds)
