@@ -105,15 +105,32 @@ def small_graph():
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_umap_is_finite_and_deterministic(small_graph, metric):
+def test_umap_is_scanpys_deterministic_and_reports_its_epochs(small_graph, metric):
     x_pca, _ = small_graph
     connectivities, _ = neighbour_graph(x_pca, metric=metric)
-    embedding = embed_umap(connectivities, x_pca, min_dist=0.3, metric=metric)
+    reported = []
+
+    embedding = embed_umap(
+        connectivities,
+        x_pca,
+        min_dist=0.3,
+        metric=metric,
+        progress=lambda done, total: reported.append((done, total)),
+    )
+
     assert embedding.shape == (600, 2) and embedding.dtype == np.float32
-    assert np.isfinite(embedding).all()
+    reference = AnnData(obsm={"X_pca": x_pca}, obsp={"connectivities": connectivities})
+    reference.uns["neighbors"] = {
+        "connectivities_key": "connectivities",
+        "params": {"method": "umap", "use_rep": "X_pca", "metric": metric},
+    }
+    sc.tl.umap(reference, min_dist=0.3, random_state=0)
+    np.testing.assert_allclose(embedding, reference.obsm["X_umap"], atol=1e-5)
     np.testing.assert_array_equal(
         embedding, embed_umap(connectivities, x_pca, min_dist=0.3, metric=metric)
     )
+    # 500 epochs up to 10,000 cells: at the start, then every tenth of them.
+    assert reported == [(done, 500) for done in range(0, 501, 50)]
 
 
 def test_tsne_is_finite_and_deterministic(small_graph):

@@ -7,6 +7,7 @@ registry, and without them it stays a fraction of the size (DESIGN: idle worker 
 """
 
 import random
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -282,6 +283,10 @@ def _largest_first(membership: np.ndarray) -> np.ndarray:
     return new_label[np.searchsorted(labels, membership)]
 
 
+# A UMAP reports the epochs it has run this many times (and at its start).
+UMAP_PROGRESS_STEPS = 10
+
+
 def embed_umap(
     connectivities: sparse.csr_matrix,
     x_pca: np.ndarray,
@@ -289,21 +294,73 @@ def embed_umap(
     min_dist: float = 0.3,
     metric: str = "euclidean",
     random_state: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """UMAP coordinates (n x 2, float32) by `sc.tl.umap` on the given graph.
+    """UMAP coordinates (n x 2, float32) of the given graph, as `sc.tl.umap` computes them;
+    `progress(done, total)` is called with the epochs run, UMAP_PROGRESS_STEPS times.
 
-    `metric` must be the one the graph was built with; umap uses it (with `x_pca`) only to lay
-    out disconnected components.
+    The call is `sc.tl.umap`'s own (its defaults: spread 1, spectral initialisation, 500 epochs
+    up to 10,000 cells and 200 beyond), made here because scanpy gives umap-learn's epoch loop
+    no progress bar to report from: its tqdm bar is written, one `done/total` at a time, to a
+    file that passes them on. `metric` must be the one the graph was built with; umap uses it
+    (with `x_pca`) only to lay out disconnected components.
     """
-    import scanpy as sc
+    from sklearn.utils import check_random_state
+    from umap.umap_ import find_ab_params, simplicial_set_embedding
 
-    adata = AnnData(obsm={"X_pca": x_pca}, obsp={"connectivities": connectivities})
-    adata.uns["neighbors"] = {
-        "connectivities_key": "connectivities",
-        "params": {"method": "umap", "use_rep": "X_pca", "metric": metric},
-    }
-    sc.tl.umap(adata, min_dist=min_dist, random_state=random_state)
-    return adata.obsm["X_umap"].astype(np.float32)
+    a, b = find_ab_params(1.0, min_dist)
+    n_epochs = 500 if connectivities.shape[0] <= 10_000 else 200
+    bar = {"disable": True}
+    if progress is not None:
+        bar = {
+            "disable": False,
+            "file": _EpochsFile(progress),
+            "bar_format": "{n}/{total}",
+            "miniters": max(1, n_epochs // UMAP_PROGRESS_STEPS),
+            # Counted in epochs only: no time-based refresh of the bar.
+            "mininterval": 0,
+            "maxinterval": float("inf"),
+            "leave": False,
+        }
+    embedding, _ = simplicial_set_embedding(
+        data=x_pca,
+        graph=connectivities.tocoo(),
+        n_components=2,
+        initial_alpha=1.0,
+        a=a,
+        b=b,
+        gamma=1.0,
+        negative_sample_rate=5,
+        n_epochs=n_epochs,
+        init="spectral",
+        random_state=check_random_state(random_state),
+        metric=metric,
+        metric_kwds={},
+        densmap=False,
+        densmap_kwds={},
+        output_dens=False,
+        verbose=False,
+        tqdm_kwds=bar,
+    )
+    return embedding.astype(np.float32)
+
+
+class _EpochsFile:
+    """The file of a tqdm bar formatted `{n}/{total}`: each new count goes to `progress`."""
+
+    def __init__(self, progress: Callable[[int, int], None]):
+        self._progress = progress
+        self._last: tuple[int, int] | None = None
+
+    def write(self, text: str) -> None:
+        for done, total in re.findall(r"(\d+)/(\d+)", text):
+            count = (int(done), int(total))
+            if count != self._last:
+                self._last = count
+                self._progress(*count)
+
+    def flush(self) -> None:
+        pass
 
 
 # openTSNE's iterations (its defaults: early exaggeration, then the rest), and how often it

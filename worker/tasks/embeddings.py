@@ -37,7 +37,7 @@ class UmapConfig(_Config):
         parameters = store.parameters
         if self.distanceMetric == "euclidean":
             return store.connectivities()
-        report(0, 2, "Finding neighbours")
+        report(0, 1, "Finding neighbours")
         connectivities, _ = neighbour_graph(
             x_pca,
             n_neighbors=parameters.n_neighbors,
@@ -48,13 +48,13 @@ class UmapConfig(_Config):
 
     def embed(self, store: ExperimentStore, x_pca: np.ndarray, report: Report) -> np.ndarray:
         connectivities = self.neighbours(store, x_pca, report)
-        report(1, 2, "Computing the UMAP")
         return embed_umap(
             connectivities,
             x_pca,
             min_dist=self.minimumDistance,
             metric=self.distanceMetric,
             random_state=store.parameters.random_state,
+            progress=lambda done, total: report(done, total, "Computing the UMAP"),
         )
 
 
@@ -116,7 +116,7 @@ class UmapV2Config(UmapConfig):
     def neighbours(
         self, store: ExperimentStore, x_pca: np.ndarray, report: Report
     ) -> sparse.csr_matrix:
-        report(0, 2, "Finding neighbours")
+        report(0, 1, "Finding neighbours")
         connectivities, _ = neighbour_graph(
             x_pca,
             n_neighbors=UMAP_V2_NEIGHBOURS,
