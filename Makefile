@@ -49,7 +49,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 test: lint tools
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q --durations=20 -n 3 --dist loadgroup
 
 bench: venv
 	$(BIN)/python -m benchmarks --tier $(TIER) --store $(STORE) --sides $(SIDES)
