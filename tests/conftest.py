@@ -31,6 +31,8 @@ TENX_DATA = Path(__file__).resolve().parent / "data" / "10x"
 SHARED_GROUP = "prepared-experiments"
 
 
+# First: pytest-xdist reads the groups in its own hook of the same name.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         shared = "session_worker" in item.fixturenames
