@@ -90,51 +90,47 @@ def run(tier: Tier, groups: list[str]) -> dict:
 def _measures(client: Client, settings, groups: list[str], sampler: RssSampler) -> dict:
     context = TaskContext.for_experiment(settings, EXPERIMENT)
     store = open_experiment(settings.store_root, EXPERIMENT, settings.aws)
-    n_cells = store.n_cells
-    exported = np.arange(0, n_cells, max(1, n_cells // EXPORTED_CELLS))
-    export_labels = np.zeros(n_cells, dtype=np.int64)
-    export_labels[exported] = 1
-    update_cell_sets(
-        context.cell_sets_location,
-        lambda current: [
-            cluster_hierarchy("export", "Exported", export_labels, child_names=["rest", "exported"])
-        ],
-    )
-    embedding_etag = _stored_pca_embedding(settings, store.pca_coordinates())
-    export_key = secrets.token_hex(16)
-    export_context = dataclasses.replace(
-        context,
-        result_file=ResultFile(settings.aws, settings.v2_results_bucket, export_key),
-    )
-    trajectory = {
-        "embedding": {"ETag": embedding_etag, "method": "umap", "methodSettings": {}},
-        "clustering": {"method": "louvain", "resolution": 0.8},
-        "cellSets": [],
-    }
-    runs_by_group = {
-        "export": [
-            (
-                f"{EXPORT}, {len(exported)} cells",
-                export_context,
-                "v2",
-                {"name": EXPORT, "subsetBy": {"customCellSets": ["export-1"]}},
-            )
-        ],
-        "trajectory": [
-            (
-                f"{STARTING_NODES}, every cell",
-                context,
-                "v2",
-                {"name": STARTING_NODES, **trajectory},
-            ),
+    runs = []
+    if "export" in groups:
+        n_cells = store.n_cells
+        exported = np.arange(0, n_cells, max(1, n_cells // EXPORTED_CELLS))
+        export_labels = np.zeros(n_cells, dtype=np.int64)
+        export_labels[exported] = 1
+        update_cell_sets(
+            context.cell_sets_location,
+            lambda current: [
+                cluster_hierarchy(
+                    "export", "Exported", export_labels, child_names=["rest", "exported"]
+                )
+            ],
+        )
+        export_key = secrets.token_hex(16)
+        export_context = dataclasses.replace(
+            context,
+            result_file=ResultFile(settings.aws, settings.v2_results_bucket, export_key),
+        )
+        export_name = f"{EXPORT}, {len(exported)} cells"
+        body = {"name": EXPORT, "subsetBy": {"customCellSets": ["export-1"]}}
+        runs.append((export_name, export_context, "v2", body))
+    if "trajectory" in groups:
+        embedding_etag = _stored_pca_embedding(settings, store.pca_coordinates())
+        trajectory = {
+            "name": STARTING_NODES,
+            "embedding": {"ETag": embedding_etag, "method": "umap", "methodSettings": {}},
+            "clustering": {"method": "louvain", "resolution": 0.8},
+            "cellSets": [],
+        }
+        runs += [
+            (f"{STARTING_NODES}, every cell", context, "v2", trajectory),
             (
                 f"{PSEUDO_TIME}, every cell, from node 0",
                 context,
                 "v2",
-                {"name": PSEUDO_TIME, **trajectory, "rootNodes": [0]},
+                {**trajectory, "name": PSEUDO_TIME, "rootNodes": [0]},
             ),
-        ],
-        "embeddings": [
+        ]
+    if "embeddings" in groups:
+        runs += [
             (
                 f"GetEmbedding {method}, {when}",
                 context,
@@ -143,9 +139,7 @@ def _measures(client: Client, settings, groups: list[str], sampler: RssSampler) 
             )
             for method in ("umap", "tsne")
             for when in ("computed", "cached")
-        ],
-    }
-    runs = [run for group in groups for run in runs_by_group.get(group, [])]
+        ]
     measures = {}
     for name, task_context, protocol, body in runs:
         print(f"running {name}", flush=True)
@@ -163,9 +157,7 @@ def _measures(client: Client, settings, groups: list[str], sampler: RssSampler) 
     if "export" in groups:
         s3 = aws_client("s3", settings.aws)
         exported_bytes = s3.head_object(Bucket=settings.v2_results_bucket, Key=export_key)
-        measures[f"{EXPORT}, {len(exported)} cells"]["file_mib"] = exported_bytes[
-            "ContentLength"
-        ] / (1 << 20)
+        measures[export_name]["file_mib"] = exported_bytes["ContentLength"] / (1 << 20)
     return measures
 
 
