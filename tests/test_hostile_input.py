@@ -7,7 +7,7 @@ import time
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_request, make_settings, result_body
@@ -307,9 +307,13 @@ LIKE_ALPHABET = "aBİ%_\\.*+?()[]{}^$|-'"
 
 
 @settings(max_examples=60, deadline=None)
+@example(pattern="\n", names=["", ""])
+@example(pattern="a%", names=["a\nb", "ab", "ba"])
 @given(
     pattern=st.text(st.sampled_from(LIKE_ALPHABET + "\n"), max_size=8),
-    names=st.lists(st.text(st.sampled_from(LIKE_ALPHABET), max_size=6), min_size=1, max_size=6),
+    names=st.lists(
+        st.text(st.sampled_from(LIKE_ALPHABET + "\n"), max_size=6), min_size=1, max_size=6
+    ),
 )
 def test_gene_names_filter_is_like_not_regex(pattern, names):
     genes = pd.DataFrame({field: names for field in GENE_FIELDS})

@@ -33,14 +33,17 @@ class ListGenesBody(TaskBody):
     geneNamesFilter: str | None = Field(default=None, max_length=1000)
 
 
-def like_to_regex(pattern: str) -> re.Pattern:
-    """A SQL LIKE pattern (`%` any run, `_` one character, all else literal) as a regex that
-    matches whole lines of a newline-joined list of lower-case names."""
-    translated = "".join(
-        "[^\\n]*" if char == "%" else "[^\\n]" if char == "_" else re.escape(char)
+def like_to_regex(pattern: str, *, any_char: str) -> str:
+    """A SQL LIKE pattern (`%` any run, `_` one character, all else literal), lower-cased, as a
+    regular expression whose one character is `any_char`."""
+    return "".join(
+        f"{any_char}*" if char == "%" else any_char if char == "_" else re.escape(char)
         for char in pattern.lower()
     )
-    return re.compile(f"^{translated}$", re.MULTILINE)
+
+
+# One character of a name within the newline-joined names.
+_WITHIN_A_LINE = "[^\\n]"
 
 
 class GeneTable:
@@ -53,15 +56,27 @@ class GeneTable:
         self.columns = {field: genes[field].to_numpy() for field in GENE_FIELDS}
         # All names in one lower-case string: a LIKE filter is then one case-sensitive regex
         # scan in C, several times faster than a Python loop or a case-insensitive scan.
-        self._joined_names = "\n".join(names)
+        # None if a name holds a newline itself (a hostile store): then matched name by name.
+        self._names = names
+        self._joined_names = None if any("\n" in name for name in names) else "\n".join(names)
         self._line_starts = np.cumsum([0] + [len(name) + 1 for name in names[:-1]])
         self._genes = genes.reset_index(drop=True)
         self._orders: dict[tuple[str, bool], np.ndarray] = {}
 
     def matching(self, pattern: str) -> np.ndarray:
         """Mask of the genes whose names match the LIKE pattern."""
-        starts = [match.start() for match in like_to_regex(pattern).finditer(self._joined_names)]
+        if self._joined_names is None:
+            whole_name = re.compile(like_to_regex(pattern, any_char="."), re.DOTALL)
+            return np.fromiter(
+                (whole_name.fullmatch(name) is not None for name in self._names),
+                dtype=bool,
+                count=self.n_genes,
+            )
         keep = np.zeros(self.n_genes, dtype=bool)
+        if "\n" in pattern:  # a literal newline, which no name holds
+            return keep
+        line = re.compile(f"^{like_to_regex(pattern, any_char=_WITHIN_A_LINE)}$", re.MULTILINE)
+        starts = [match.start() for match in line.finditer(self._joined_names)]
         keep[np.searchsorted(self._line_starts, starts)] = True
         return keep
 
