@@ -52,10 +52,17 @@ class Emulator:
 def serve_until_stdin_closes(port: int) -> None:
     """moto's server on 127.0.0.1:`port` until standard input reaches its end."""
     # moto is a development dependency: imported here, never by a deployed worker.
+    from moto import backends
     from moto.server import ThreadedMotoServer
 
     # As moto's own command sets it: where moto says its endpoints are.
     os.environ.setdefault("MOTO_PORT", str(port))
+    # Two costs of every request that tell nothing here, a third of the server's CPU on a
+    # zarr store's small GETs: werkzeug's request log line, and moto's listing of its own
+    # package folder (a stat per service) to tell which service a host names.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    services = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: services
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     wait_until_stdin_closes()
