@@ -62,9 +62,11 @@ def redis_server():
 
 @pytest.fixture(scope="session")
 def dask_client():
+    # One Dask worker process, as `make run` starts: a second would import scanpy and compile
+    # numba's neighbour search again. Four threads: tests hold up to four tasks at once.
     cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
+        n_workers=1,
+        threads_per_worker=4,
         processes=True,
         dashboard_address=None,
         memory_limit="4GiB",
