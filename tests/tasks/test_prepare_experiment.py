@@ -4,8 +4,15 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
+from distributed import Client, LocalCluster
 
-from tests.conftest import SOURCE_BUCKET, TENX_DATA, result_body, upload_folder
+from tests.conftest import (
+    SOURCE_BUCKET,
+    TENX_DATA,
+    RunningWorker,
+    result_body,
+    upload_folder,
+)
 from tests.tasks.helpers import read_hierarchies
 from worker.store import experiment
 from worker.store.locations import filesystem, list_versions, read_manifest, zarr_store
@@ -200,24 +207,29 @@ def _current_version(store_root: str, experiment_id: str, aws) -> str:
     return experiment.open_experiment(store_root, experiment_id, aws).version
 
 
-def test_every_dask_worker_reads_the_new_version_once_published(
-    session_worker, session_settings, dask_client
-):
+def test_every_dask_worker_reads_the_new_version_once_published(settings):
     """A prepare tells every Dask worker to drop the manifest it holds: each one's next query
-    opens the new version, even with manifests held for an hour."""
-    settings = session_settings
+    opens the new version, even with manifests held for an hour. On a cluster of two Dask
+    workers of its own (the session's has one)."""
     where = (settings.store_root, "republished", settings.aws)
     upload_folder(settings, TENX_DATA / "v3_mtx_gz", SOURCE_BUCKET, "republish/v3_mtx_gz")
-    response, result = prepare(session_worker, settings, "republished", "republish/v3_mtx_gz")
-    assert response["response"]["error"] is False, result
-    dask_client.run(_hold_manifests, 3600.0)
-    try:
-        first = dask_client.run(_current_version, *where)
-        assert len(first) == 2 and len(set(first.values())) == 1
-        response, result = prepare(session_worker, settings, "republished", "republish/v3_mtx_gz")
-        assert response["response"]["error"] is False, result
-        current = read_manifest(settings.store_root, "republished", settings.aws)["version"]
-        assert current not in first.values()
-        assert set(dask_client.run(_current_version, *where).values()) == {current}
-    finally:
-        dask_client.run(_hold_manifests, experiment.MANIFEST_TTL_S)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=None, memory_limit="2GiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        running = RunningWorker(settings, client)
+        try:
+            response, result = prepare(running, settings, "republished", "republish/v3_mtx_gz")
+            assert response["response"]["error"] is False, result
+            client.run(_hold_manifests, 3600.0)
+            first = client.run(_current_version, *where)
+            assert len(first) == 2 and len(set(first.values())) == 1
+            response, result = prepare(running, settings, "republished", "republish/v3_mtx_gz")
+            assert response["response"]["error"] is False, result
+            current = read_manifest(settings.store_root, "republished", settings.aws)["version"]
+            assert current not in first.values()
+            assert set(client.run(_current_version, *where).values()) == {current}
+        finally:
+            running.stop()
