@@ -110,7 +110,9 @@ def kill_dask_worker(client: Client, address: str) -> None:
 
 
 def logged_outcomes(caplog, request: dict) -> list[tuple[str, int]]:
-    return outcomes(caplog.text)[request["uuid"]]
+    """The request's outcomes, once one is logged: the loop logs it just after deleting the
+    message, so it may come after the queue shows the message gone."""
+    return wait_until(lambda: outcomes(caplog.text)[request["uuid"]], 30, "the outcome logged")
 
 
 def healthz(port: int) -> tuple[int, str]:

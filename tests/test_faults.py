@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.conftest import RunningWorker, make_request, make_settings, result_body
+from tests.dask_processes import wait_until
 from tests.test_loop import wait_until_queue_empty, write_gene_table_store
 from worker.jsonio import dumps
 from worker.local.aws_proxy import AwsProxy
@@ -59,8 +60,9 @@ def test_s3_down_gives_an_error_response(proxy, proxied_worker, caplog):
     proxy.fail("s3", 503)
     with caplog.at_level(logging.INFO, logger="worker.service.loop"):
         error = answer(proxied_worker, {"name": "ListGenes"}, "faults-s3-down", 180)["error"]
+        # Logged just after the message is deleted, which comes after the answer.
+        wait_until(lambda: '"code":"TaskFailed"' in caplog.text, 30, "the outcome logged")
     assert error["code"] == "TaskFailed" and "traceback" not in error
-    assert '"code":"TaskFailed"' in caplog.text
     proxy.clear()
     assert answer(proxied_worker, {"name": "ListGenes", "limit": 1}, "faults-s3-down")["total"]
     wait_until_queue_empty(proxied_worker)

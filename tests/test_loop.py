@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from distributed import Event
 
 from tests.conftest import RunningWorker, make_request, result_body
+from tests.dask_processes import wait_until
 from tests.gate import TASKS_WITH_GATE
 from worker.jsonio import dumps, loads
 from worker.store.locations import new_version_name, publish_version, zarr_store
@@ -268,6 +269,8 @@ def test_visibility_is_extended_while_a_task_runs(settings, dask_client, caplog)
             gate.set()
             response = running.response(request["uuid"])
             wait_for_queue(running, visible="0", in_flight="0")
+            # Logged just after the message is deleted.
+            wait_until(lambda: '"outcome"' in caplog.text, 30, "the outcome logged")
         assert running.api.result(response) == {"opened": request["body"]["event"]}
         outcomes = [
             record.getMessage() for record in caplog.records if '"outcome"' in record.getMessage()

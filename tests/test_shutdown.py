@@ -5,9 +5,11 @@ the request, stops the cluster and then Redis and the emulator, and leaves no pr
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -71,6 +73,13 @@ class EmbeddedWorker:
             os.killpg(self.process.pid, stop_signal)
         else:
             self.process.send_signal(stop_signal)
+
+    def dask_tasks_processing(self) -> int:
+        """The tasks its LocalCluster's scheduler has given to a Dask worker (its dashboard's
+        counts, read over HTTP: the scheduler lives in the worker's process)."""
+        [dashboard] = re.findall(r"dashboard: (http://\S+)/status", self.log())
+        with urllib.request.urlopen(f"{dashboard}/json/counts.json", timeout=5) as response:
+            return loads(response.read())["processing"]
 
     def outcome(self) -> dict:
         [line] = [line for line in self.log().splitlines() if "request {" in line]
@@ -179,6 +188,8 @@ def test_a_busy_worker_finishes_or_releases_its_request_then_stops_in_order(
     request = make_request({"name": "ListGenes"}, experiment_id="never-prepared")
     api.send(request)
     wait_until(lambda: queue_counts() == ("0", "1"), 60, "the request in flight")
+    # Received is not yet dispatched: a message received as the stop comes is released at once.
+    wait_until(lambda: worker.dask_tasks_processing() == 1, 60, "the request on the Dask worker")
 
     worker.signal(stop_signal, to_group=to_group)
     if finishes:
