@@ -2,7 +2,6 @@
 that keeps a code change small, and its requirements.txt the runtime part of the lock."""
 
 import fnmatch
-import json
 import re
 import shlex
 import subprocess
@@ -20,6 +19,8 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = Path(sys.executable).with_name("hadolint")
+# Installed into the virtual environment by the Makefile, which installs everything else with it.
+UV = Path(sys.executable).with_name("uv")
 # The roots of the dev and local extras: none of them may reach the image.
 NOT_IN_IMAGE = {"pytest", "pytest-timeout", "hypothesis", "ruff", "moto", "kubernetes-validate"}
 
@@ -215,22 +216,22 @@ def test_requirements_are_the_runtime_part_of_the_lock():
     assert not NOT_IN_IMAGE & requirements.keys()
 
 
-@pytest.mark.slow
 def test_requirements_resolve_to_themselves_against_the_lock(tmp_path):
-    """pip resolves requirements.txt with its dependencies (a dry run, nothing installed) to
-    exactly the packages it lists: the image's --no-deps install misses nothing."""
-    report = tmp_path / "report.json"
+    """A dry-run install of requirements.txt with its dependencies into an empty target (nothing
+    installed) resolves to exactly the packages it lists: the image's --no-deps install misses
+    nothing. uv resolves as pip does, from the same index, in a second where pip took 45 s."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-         "--report", str(report), "-r", str(ROOT / "requirements.txt"),
-         "-c", str(ROOT / "constraints.txt")],
+        [UV, "pip", "install", "--dry-run", "--target", str(tmp_path / "target"),
+         "--python", sys.executable,
+         "-r", str(ROOT / "requirements.txt"), "-c", str(ROOT / "constraints.txt")],
         capture_output=True, text=True, timeout=110,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    resolved = {
-        canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
-        for item in json.loads(report.read_text())["install"]
-    }
+    resolved = {}
+    for line in result.stderr.splitlines():
+        if line.startswith(" + "):
+            name, version = line[3:].split("==")
+            resolved[canonicalize_name(name)] = version
     assert resolved == requirement_pins(ROOT / "requirements.txt")
 
 
