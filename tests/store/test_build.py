@@ -96,7 +96,7 @@ def test_sharded_ingest_equals_reading_in_order(tmp_path, dask_client):
     assert [sample.name for sample in samples] == ["s0", "s1", "s2"]
     assert all(sample.open_entries is not None for sample in samples)
     summary = build_samples(dask_client, str(tmp_path / "sharded"), samples, SHARDED)
-    build_samples(dask_client, str(tmp_path / "in_order"), in_order(samples), SHARDED)
+    build_samples(dask_client, str(tmp_path / "in_order"), in_order(samples), BuildOptions())
     assert summary.nnz == counts.nnz > 20 * SHARDED.shard_elements
     assert np.diff(counts.indptr).max() > 2 * SHARDED.shard_elements
     sharded = ad.read_zarr(tmp_path / "sharded")
@@ -119,7 +119,7 @@ def test_sources_not_canonical_are_read_in_order(tmp_path, dask_client, cell):
     write_csr_h5ad(sample, stored, ad.read_h5ad(sample).obs_names)
     samples = open_source(LocalFileSystem(), str(tmp_path))
     build_samples(dask_client, str(tmp_path / "store"), samples, SHARDED)
-    build_samples(dask_client, str(tmp_path / "in_order"), in_order(samples), SHARDED)
+    build_samples(dask_client, str(tmp_path / "in_order"), in_order(samples), BuildOptions())
     expected = ad.read_zarr(tmp_path / "in_order")
     assert_same_stores(ad.read_zarr(tmp_path / "store"), expected, counts)
 
@@ -164,7 +164,7 @@ def _build_in_worker(url: str, dataset: SyntheticDataset, options: BuildOptions)
 
 @pytest.mark.slow
 def test_peak_memory_grows_with_blocks_not_with_the_matrix(tmp_path):
-    """One worker process does every step; a matrix four times larger, in blocks of the same
+    """One worker process does every step; a matrix sixteen times larger, in blocks of the same
     size, barely moves its peak. (The neighbour graph, built on the PCA in memory by design,
     is left out here: it grows with cells, not with counts.)"""
     options = BuildOptions(
@@ -185,7 +185,7 @@ def test_peak_memory_grows_with_blocks_not_with_the_matrix(tmp_path):
                      dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
-        client.submit(_build_in_worker, str(tmp_path / "small"), dataset(4000), options).result()
+        client.submit(_build_in_worker, str(tmp_path / "small"), dataset(1000), options).result()
         growth, nnz = client.submit(
             _build_in_worker, str(tmp_path / "large"), dataset(16_000), options
         ).result()
