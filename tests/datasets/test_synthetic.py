@@ -95,7 +95,7 @@ def test_written_files_read_back(tmp_path, dataset, counts, layout):
 
 def test_pbmc_sample_genes():
     sample = make_pbmc_sample()
-    assert (sample.n_cells, sample.n_genes, sample.n_clusters) == (3000, 2000, 8)
+    assert (sample.n_cells, sample.n_genes, sample.n_clusters) == (2700, 2000, 8)
     genes = set(sample.gene_names)
     assert {"TGFB1", "CST3", "CD3D", "MS4A1", "LYZ", "NKG7"} <= genes
     assert set(MITOCHONDRIAL_GENES) <= genes
