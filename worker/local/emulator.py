@@ -63,10 +63,67 @@ def serve_until_stdin_closes(port: int) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     services = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: services
+    _wake_long_polls_on_every_change()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     wait_until_stdin_closes()
     server.stop()
+
+
+def _wake_long_polls_on_every_change() -> None:
+    """moto's long poll on a FIFO queue, as SQS answers it: a message whose group was blocked
+    when the poll began is delivered as soon as its group unblocks, and the poll sleeps meanwhile.
+
+    moto 5 takes the blocked groups once at the start of a poll, and its wait for messages
+    returns at once while any message is visible, delivered or not: a poll begun while the
+    platform's one message group ("work") had a request in flight spun a core until its end,
+    and delivered the group's next request only then (a second per v2 request with a 1 s poll,
+    up to 20 s with the default). Here each wake-up looks again with the groups as they are,
+    and a poll sleeps until a message is added, deleted or made visible again, or for a second
+    at most (when visibility timeouts and delays end by themselves).
+    """
+    from moto.sqs.models import Queue, SQSBackend
+
+    receive_once = SQSBackend.receive_message
+
+    def changed(queue: Queue) -> None:
+        with queue._messages_lock:
+            queue.poll_wake_ups = getattr(queue, "poll_wake_ups", 0) + 1
+            queue._messages_lock.notify_all()
+
+    def receive_message(self, queue_name, count, wait_seconds_timeout, *args, **kwargs):
+        queue = self.get_queue(queue_name)
+        deadline = time.monotonic() + wait_seconds_timeout
+        while True:
+            with queue._messages_lock:
+                seen = getattr(queue, "poll_wake_ups", 0)
+            messages = receive_once(self, queue_name, count, 0, *args, **kwargs)
+            remaining = deadline - time.monotonic()
+            if messages or remaining <= 0:
+                return messages
+            with queue._messages_lock:
+                queue._messages_lock.wait_for(
+                    lambda seen=seen: getattr(queue, "poll_wake_ups", 0) != seen,
+                    timeout=min(remaining, 1.0),
+                )
+
+    def add_message(self, message) -> None:
+        add_one(self, message)
+        changed(self)
+
+    def delete_message(self, receipt_handle: str) -> None:
+        delete_one(self, receipt_handle)
+        changed(self)
+
+    def change_message_visibility(self, queue_name: str, *args, **kwargs) -> None:
+        change_one(self, queue_name, *args, **kwargs)
+        changed(self.get_queue(queue_name))
+
+    add_one, delete_one = Queue.add_message, Queue.delete_message
+    change_one = SQSBackend.change_message_visibility
+    Queue.add_message, Queue.delete_message = add_message, delete_message
+    SQSBackend.receive_message = receive_message
+    SQSBackend.change_message_visibility = change_message_visibility
 
 
 def provision(settings: Settings) -> str:
