@@ -2,6 +2,7 @@
 the one place boto's errors become the worker's."""
 
 import functools
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,8 +18,20 @@ from worker.settings import AwsSettings
 _RETRYING = Config(retries={"mode": "standard", "max_attempts": 6}, max_pool_connections=32)
 
 
+# One session per process: making one costs a tenth of a second of CPU (botocore registers its
+# handlers, inspecting each one's signature), and its loader keeps the service models its
+# clients share. A session is not thread-safe, so clients are made from it one at a time.
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _session() -> boto3.session.Session:
+    return boto3.session.Session()
+
+
 def aws_client(service: str, aws: AwsSettings):
-    return boto3.session.Session().client(service, config=_RETRYING, **aws.client_options())
+    with _SESSION_LOCK:
+        return _session().client(service, config=_RETRYING, **aws.client_options())
 
 
 @functools.cache
