@@ -52,7 +52,9 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# tests/warm_up.py: numba's code compiled once, not by every process the suite starts at once.
 test: lint tools
+	$(BIN)/python -m tests.warm_up
 	$(BIN)/python -m pytest -q --durations=20 -n 3 --dist loadgroup
 
 bench: venv
