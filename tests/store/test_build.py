@@ -87,7 +87,7 @@ def assert_same_stores(actual: ad.AnnData, expected: ad.AnnData, counts) -> None
 
 
 # Shards of 256 entries: many cells span two shards, one spans more.
-SHARDED = BuildOptions(rows_per_block=37, pass_block_entries=2_000, shard_elements=256)
+SHARDED = BuildOptions(rows_per_block=37, pass_block_entries=20_000, shard_elements=256)
 
 
 def test_sharded_ingest_equals_reading_in_order(tmp_path, dask_client):
@@ -164,7 +164,7 @@ def _build_in_worker(url: str, dataset: SyntheticDataset, options: BuildOptions)
 
 @pytest.mark.slow
 def test_peak_memory_grows_with_blocks_not_with_the_matrix(tmp_path):
-    """One worker process does every step; a matrix sixteen times larger, in blocks of the same
+    """One worker process does every step; a matrix twelve times larger, in blocks of the same
     size, barely moves its peak. (The neighbour graph, built on the PCA in memory by design,
     is left out here: it grows with cells, not with counts.)"""
     options = BuildOptions(
@@ -187,7 +187,7 @@ def test_peak_memory_grows_with_blocks_not_with_the_matrix(tmp_path):
     ):  # fmt: skip
         client.submit(_build_in_worker, str(tmp_path / "small"), dataset(1000), options).result()
         growth, nnz = client.submit(
-            _build_in_worker, str(tmp_path / "large"), dataset(16_000), options
+            _build_in_worker, str(tmp_path / "large"), dataset(12_000), options
         ).result()
     matrix_bytes = nnz * 8  # float32 counts and int32 indices, as CSR in memory
     assert matrix_bytes > 100e6
