@@ -29,12 +29,15 @@ def store_build_rank_and_scanpy() -> None:
     import anndata as ad
     import pandas as pd
     import scanpy as sc
+    import zarr
     from distributed import Client, LocalCluster
 
     from worker.compute.rank import rank_gene_block
     from worker.datasets.synthetic import SyntheticDataset, as_source_sample
     from worker.settings import AwsSettings
     from worker.store.build import BuildOptions, BuildPlan, build_store
+    from worker.store.locations import zarr_store
+    from worker.store.sparse import CompressedMatrix
 
     dataset = SyntheticDataset(n_cells=400, n_genes=300, seed=0)
     with (
@@ -53,9 +56,13 @@ def store_build_rank_and_scanpy() -> None:
             provenance={},
         )
         store = ad.read_zarr(url)
-    in_group1 = np.arange(store.n_obs) % 2 == 0
-    total_counts = store.obs["total_counts"].to_numpy()
-    rank_gene_block(store.layers["counts_by_gene"], total_counts, in_group1, ~in_group1)
+        in_group1 = np.arange(store.n_obs) % 2 == 0
+        total_counts = store.obs["total_counts"].to_numpy()
+        # The genes as the tasks read them (64-bit indptr), and as the tests' scipy matrices.
+        group = zarr.open_group(zarr_store(url, AwsSettings(), read_only=True), mode="r")
+        by_gene = CompressedMatrix(group["layers/counts_by_gene"]).major_range(0, store.n_vars)
+        for block in (by_gene, store.layers["counts_by_gene"]):
+            rank_gene_block(block, total_counts, in_group1, ~in_group1)
 
     scanpy_side = ad.AnnData(
         store.X.astype(np.float32), obs=pd.DataFrame({"group": in_group1.astype(str)})
