@@ -6,7 +6,9 @@ import threading
 import uuid
 from pathlib import Path
 
+import dask
 import pytest
+import yaml
 from distributed import Client, LocalCluster
 
 from worker.local.client import ApiClient, make_request
@@ -22,6 +24,7 @@ from worker.transport.seed import SeedProtocol
 
 # Real Cell Ranger outputs, from scanpy's test data (see its README).
 TENX_DATA = Path(__file__).resolve().parent / "data" / "10x"
+CONF = Path(__file__).resolve().parents[1] / "conf" / "dask.yaml"
 
 
 # Run in pytest-xdist processes (`pytest -n 3 --dist loadgroup`, see the README's Tests), a
@@ -64,13 +67,18 @@ def redis_server():
 def dask_client():
     # One Dask worker process, as `make run` starts: a second would import scanpy and compile
     # numba's neighbour search again. Four threads: tests hold up to four tasks at once.
-    cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=4,
-        processes=True,
-        dashboard_address=None,
-        memory_limit="4GiB",
-    )
+    # The Dask worker's memory allocator as conf/dask.yaml sets it for deployed ones.
+    environ = yaml.safe_load(CONF.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    with dask.config.set(
+        {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in environ.items()}
+    ):
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=4,
+            processes=True,
+            dashboard_address=None,
+            memory_limit="4GiB",
+        )
     client = Client(cluster)
     yield client
     client.close()

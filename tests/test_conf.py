@@ -16,8 +16,10 @@ KEYS = [
     "distributed.worker.preload",
     "worker.warm-up-numba",
 ]
+MALLOC = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
 PROBE = f"""
 import json
+import os
 from pathlib import Path
 
 import dask
@@ -27,15 +29,18 @@ from worker.service.cluster import load_conf, start_local_cluster
 from worker.service.dask_worker import is_warm
 
 KEYS = {KEYS!r}
+MALLOC = {MALLOC!r}
 
 if __name__ == "__main__":
     load_conf(Path("conf"))
     with start_local_cluster(dashboard_address=":0") as cluster, Client(cluster) as client:
         in_workers = client.run(lambda: [dask.config.get(key) for key in KEYS])
         warm = client.run(is_warm)
+        malloc = client.run(lambda: [os.environ.get(name) for name in MALLOC])
     here = [dask.config.get(key) for key in KEYS]
     workers, warm = list(in_workers.values()), list(warm.values())
-    print(json.dumps({{"here": here, "workers": workers, "warm": warm}}))
+    malloc = list(malloc.values())
+    print(json.dumps({{"here": here, "workers": workers, "warm": warm, "malloc": malloc}}))
 """
 
 
@@ -67,3 +72,7 @@ def test_conf_is_over_dask_defaults_under_the_environment_and_in_every_dask_work
     assert found["workers"] == [expected]
     # The preload ran in the Dask worker; with no warm-up asked for, it is warm at once.
     assert found["warm"] == [True]
+    # The allocator's thresholds reach the Dask worker's environment, not Dask's 64 KiB trim.
+    thresholds = conf["distributed"]["nanny"]["pre-spawn-environ"]
+    assert found["malloc"] == [[str(thresholds[name]) for name in MALLOC]]
+    assert thresholds["MALLOC_TRIM_THRESHOLD_"] != 65536
