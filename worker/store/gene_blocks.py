@@ -56,7 +56,11 @@ def map_gene_blocks(
     indptr = store.gene_indptr
     where = (store.experiment_id, store.version, store.url, store.aws)
     with worker_client() as client:
-        shared_futures = client.scatter(list(shared))
+        # Keys of their own, not hashes of the content: the same arguments scattered again
+        # while the previous request's copy is being released lose the new copy with it, and
+        # the blocks fail with "lost dependencies" (dask/distributed#8576; 1 request in 300
+        # back to back).
+        shared_futures = client.scatter(list(shared), hash=False)
         # Each block gets its part of indptr, so that it reads only its entries: on S3, one
         # round trip.
         futures = [

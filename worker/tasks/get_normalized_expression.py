@@ -116,7 +116,8 @@ def get_normalized_expression(context: TaskContext, body: GetNormalizedExpressio
     name = f"normalized-expression-block-{uuid.uuid4().hex}"
     with context.result_file.writer() as out, worker_client() as client:
         out.write(header)
-        [selected_on_cluster] = client.scatter([selected])
+        # hash=False: see map_gene_blocks.
+        [selected_on_cluster] = client.scatter([selected], hash=False)
         pending: deque = deque()
 
         def write_oldest() -> None:
