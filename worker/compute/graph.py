@@ -31,23 +31,67 @@ def neighbour_graph(
     random_state: int = 0,
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """`(connectivities, distances)` of `sc.pp.neighbors(use_rep="X_pca")`, indices sorted."""
-    import scanpy as sc
-
-    n_cells = len(x_pca)
-    adata = AnnData(obsm={"X_pca": x_pca})
-    sc.pp.neighbors(
-        adata,
-        n_neighbors=n_neighbors,
-        use_rep="X_pca",
-        metric=metric,
-        random_state=random_state,
-        transformer=_graph_only_nndescent(n_cells, n_neighbors, metric, random_state),
-    )
-    connectivities = sparse.csr_matrix(adata.obsp["connectivities"])
-    distances = sparse.csr_matrix(adata.obsp["distances"])
+    transformer = _graph_only_nndescent(len(x_pca), n_neighbors, metric, random_state)
+    if transformer is None:
+        connectivities, distances = _scanpy_exact_graph(x_pca, n_neighbors, metric, random_state)
+    else:
+        # What sc.pp.neighbors does with this transformer, without its copies (below).
+        distances = transformer.fit_transform(x_pca)
+        connectivities = _umap_connectivities(distances, n_neighbors)
     connectivities.sort_indices()
     distances.sort_indices()
     return connectivities, distances
+
+
+def _scanpy_exact_graph(
+    x_pca: np.ndarray, n_neighbors: int, metric: str, random_state: int
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    import scanpy as sc
+
+    adata = AnnData(obsm={"X_pca": x_pca})
+    sc.pp.neighbors(
+        adata, n_neighbors=n_neighbors, use_rep="X_pca", metric=metric, random_state=random_state
+    )
+    return (
+        sparse.csr_matrix(adata.obsp["connectivities"]),
+        sparse.csr_matrix(adata.obsp["distances"]),
+    )
+
+
+def _umap_connectivities(distances: sparse.csr_matrix, n_neighbors: int) -> sparse.csr_matrix:
+    """scanpy's connectivities of a distance graph (umap-learn's `fuzzy_simplicial_set`),
+    the same values, holding about half as much at their peak.
+
+    umap-learn takes the fuzzy union `A + Aᵀ - A∘Aᵀ` in one expression over COO matrices, each
+    operand converted to CSR again, all of them alive to its end (a GB at a million cells,
+    the peak of the whole build). Here each is converted once and dropped as soon as it is
+    used; scanpy's connected components, which nothing reads, are not computed.
+    """
+    from scanpy.neighbors._common import _get_indices_distances_from_sparse_matrix
+    from umap.umap_ import compute_membership_strengths, smooth_knn_dist
+
+    n_cells = distances.shape[0]
+    knn_indices, knn_distances = _get_indices_distances_from_sparse_matrix(distances, n_neighbors)
+    knn_distances = knn_distances.astype(np.float32)
+    sigmas, rhos = smooth_knn_dist(knn_distances, float(n_neighbors), local_connectivity=1.0)
+    rows, cols, strengths, _ = compute_membership_strengths(
+        knn_indices, knn_distances, sigmas, rhos
+    )
+    del knn_indices, knn_distances
+    memberships = sparse.coo_matrix((strengths, (rows, cols)), shape=(n_cells, n_cells))
+    del rows, cols, strengths
+    memberships.eliminate_zeros()
+    forward = memberships.tocsr()
+    del memberships
+    backward = forward.transpose().tocsr()
+    both_ways = forward.multiply(backward)
+    union = forward + backward
+    del forward, backward
+    # umap-learn then adds 0 x both_ways (its mix ratio is 1): no value changes.
+    union = union - both_ways
+    del both_ways
+    union.eliminate_zeros()
+    return union
 
 
 def _graph_only_nndescent(n_cells: int, n_neighbors: int, metric: str, random_state: int):
@@ -259,7 +303,9 @@ def cluster(
     pairs = (
         connectivities if isinstance(connectivities, PairEdges) else PairEdges.of(connectivities)
     )
-    graph = igraph.Graph(n=pairs.n_vertices, edges=pairs.edges, directed=False)
+    # Given an array, igraph first makes one Python list of all its pairs (1.2 GB and 8 s for
+    # the 7M edges of a million cells); from an iterator it takes them one at a time.
+    graph = igraph.Graph(n=pairs.n_vertices, edges=iter(pairs.edges), directed=False)
     with igraph_random_state(random_state):
         if method == "louvain":
             partition = graph.community_multilevel(weights=pairs.weights, resolution=resolution)

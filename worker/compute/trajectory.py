@@ -59,9 +59,9 @@ def knn_clusters(
         return np.zeros(len(points), dtype=np.int64), np.zeros(len(points), dtype=np.int64)
     _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points)
     sources = np.repeat(np.arange(len(points)), k)
-    graph = igraph.Graph(
-        n=len(points), edges=np.column_stack([sources, neighbours[:, 1:].ravel()]), directed=False
-    )
+    # An iterator, as in worker.compute.graph.cluster: igraph lists an array's pairs all at once.
+    edges = np.column_stack([sources, neighbours[:, 1:].ravel()])
+    graph = igraph.Graph(n=len(points), edges=iter(edges), directed=False)
     with igraph_random_state(SEED):
         if method == "leiden":
             partition = graph.community_leiden(
