@@ -174,16 +174,20 @@ class V2Client:
         self.seen.extend(events)
         return events
 
-    def answer(self, message: dict, timeout_s: float = 120, *, as_file: bool = False) -> V2Answer:
-        """Wait for the request's WorkResponse event and read its result as the browser does:
-        JSON, or with `as_file` the bytes as they are (a file the browser saves)."""
+    def notification(self, message: dict, timeout_s: float = 120) -> Any:
+        """The payload of the request's WorkResponse event, once it has come."""
         wanted = f"WorkResponse-{message['ETag']}"
         deadline = time.monotonic() + timeout_s
         while not any(event == wanted for event, _ in self.seen):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {wanted} within {timeout_s} s")
             self.events()
-        payload = next(payload for event, payload in self.seen if event == wanted)
+        return next(payload for event, payload in self.seen if event == wanted)
+
+    def answer(self, message: dict, timeout_s: float = 120, *, as_file: bool = False) -> V2Answer:
+        """Wait for the request's WorkResponse event and read its result as the browser does:
+        JSON, or with `as_file` the bytes as they are (a file the browser saves)."""
+        payload = self.notification(message, timeout_s)
         heartbeats = [
             payload
             for event, payload in self.seen

@@ -5,6 +5,7 @@ the task; status heartbeats and the answer as socket.io events through the platf
 import base64
 import logging
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,19 +114,13 @@ def store_compressed(
 ) -> bytes:
     """`body` compressed with zstd, put at `bucket/etag` and tagged; returns the bytes put."""
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(body)
-    s3 = shared_client("s3", aws)
     with mapped_errors("s3", "PutObject"):
-        s3.put_object(Bucket=bucket, Key=etag, Body=compressed)
-    with mapped_errors("s3", "PutObjectTagging"):
-        s3.put_object_tagging(
+        # Tagged in the same request: a PutObjectTagging after it would be another round trip.
+        shared_client("s3", aws).put_object(
             Bucket=bucket,
             Key=etag,
-            Tagging={
-                "TagSet": [
-                    {"Key": key, "Value": value}
-                    for key, value in result_tags(experiment_id, task_name)
-                ]
-            },
+            Body=compressed,
+            Tagging=urllib.parse.urlencode(result_tags(experiment_id, task_name)),
         )
     return compressed
 
