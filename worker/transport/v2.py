@@ -27,7 +27,11 @@ from worker.transport.socketio import SocketEmitter
 
 log = logging.getLogger(__name__)
 
-ZSTD_LEVEL = 3
+# The platform's Python worker uses 3. On our answers 2 compresses as well or better in less
+# time (one gene's GeneExpression at a million cells: 1.63 MB in 26 ms against 1.85 MB in 34;
+# GetEmbedding pca at 200,000 cells: 2.00 MB in 27 ms against 2.06 MB in 51), except a run of
+# consecutive cell ids (0, 1, 2, ...), which 3 packs into a third of 2's bytes.
+ZSTD_LEVEL = 2
 # A result whose compressed bytes are at most this large also travels in the notification.
 INLINE_BYTES = 250_000
 ETAG = re.compile(r"^[A-Fa-f0-9]{1,128}$")
