@@ -6,6 +6,8 @@ counterpart), each run as a person waits for it, in groups (`--long-tasks GROUPS
 - trajectory: GetTrajectoryAnalysisStartingNodes, then PseudoTime from its first node (v2);
 - embeddings: GetEmbedding umap and tsne (seed), each computed, then asked again and read from
   the store's cache;
+- doublets: GetDoubletScore (seed) of every cell, computed, then asked again and read from the
+  store's cache;
 - v2: GeneExpression of one gene sent as the platform's API sends it, to `python -m worker`,
   timed until the browser's notification that the result is stored (what the seed's "send to
   SNS" times), and until the browser has downloaded and decoded it.
@@ -139,6 +141,11 @@ def _measures(client: Client, settings, groups: list[str], sampler: RssSampler) 
                 {"name": "GetEmbedding", "type": method},
             )
             for method in ("umap", "tsne")
+            for when in ("computed", "cached")
+        ]
+    if "doublets" in groups:
+        runs += [
+            (f"GetDoubletScore, {when}", context, "seed", {"name": "GetDoubletScore"})
             for when in ("computed", "cached")
         ]
     measures = {}

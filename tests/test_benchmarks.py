@@ -84,12 +84,16 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
         "GetTrajectoryAnalysisStartingNodes, every cell",
         "GetTrajectoryAnalysisPseudoTime, every cell, from node 0",
         *embeddings,
+        "GetDoubletScore, computed",
+        "GetDoubletScore, cached",
         "GeneExpression v2, 1 gene, end to end",
     ]
-    [export, starting_nodes, pseudo_time, *embedded, end_to_end] = long_tasks["measures"].values()
+    [export, starting_nodes, pseudo_time, *embedded, doublets, doublets_again, end_to_end] = (
+        long_tasks["measures"].values()
+    )
     # The gzipped CSV: more than a byte per twenty values of the cells x genes it holds.
     assert export["file_mib"] * (1 << 20) > n_cells * report["dataset"]["n_genes"] / 20
-    for measure in (export, starting_nodes, pseudo_time, *embedded):
+    for measure in (export, starting_nodes, pseudo_time, *embedded, doublets, doublets_again):
         assert 0 < measure["in_task_s"] <= measure["round_trip_s"]
         assert measure["peak_rss_mib"] > 0
     assert starting_nodes["answer_mib"] > 0 and pseudo_time["answer_mib"] > 0
@@ -97,6 +101,7 @@ def test_tiny_tier_reports_every_measure_with_timings_memory_and_ratios(tmp_path
     umap, umap_again, tsne, tsne_again = embedded
     assert umap["answer_mib"] == umap_again["answer_mib"] > 0
     assert tsne["answer_mib"] == tsne_again["answer_mib"] > 0
+    assert doublets["answer_mib"] == doublets_again["answer_mib"] > 0
     notified, decoded = end_to_end["send_to_notified"], end_to_end["send_to_decoded"]
     assert 0 < notified["p50_s"] <= notified["p90_s"]
     # Each run is decoded after it is notified.

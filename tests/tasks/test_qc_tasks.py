@@ -1,5 +1,6 @@
 """GetMitochondrialContent and GetDoubletScore through the real queue: percentages against the
-plain formula, doublet scores against scanpy's Scrublet on each sample's stored counts."""
+plain formula, doublet scores against scanpy's Scrublet on each sample's stored counts (a large
+sample's against scanpy's Scrublet per batch)."""
 
 import anndata as ad
 import numpy as np
@@ -14,7 +15,9 @@ from tests.conftest import (
     result_body,
     upload_folder,
 )
+from worker.store.experiment import open_experiment
 from worker.store.locations import zarr_store
+from worker.tasks.get_doublet_score import doublet_scores
 
 TWO_SAMPLES = "test-qc-two-samples"
 
@@ -108,3 +111,28 @@ def test_errors(session_worker, session_settings, task):
     assert error["code"] == "ExperimentNotFound"
     error = error_of(session_worker.ask({"name": task, "cellSets": []}), session_settings)
     assert error["code"] == "InvalidRequest" and "body.cellSets" in error["message"]
+
+
+def test_a_sample_larger_than_a_batch_is_scored_per_batch_as_scanpys_batch_key(
+    dask_client, session_settings, two_samples
+):
+    """With batches of at most 600 cells, each 1,107-cell sample is scored as runs of 554 and 553
+    consecutive cells: what `sc.pp.scrublet` gives with those runs as its `batch_key`."""
+
+    def scored_in_batches() -> np.ndarray:
+        store = open_experiment(session_settings.store_root, TWO_SAMPLES, session_settings.aws)
+        return doublet_scores(store, cells_per_batch=600)
+
+    scores = dask_client.submit(scored_in_batches, pure=False).result(240)
+    store = ad.read_zarr(zarr_store(two_samples["store"], session_settings.aws, read_only=True))
+    first = (store.obs["sample"] == "first").to_numpy()
+    sample = ad.AnnData(store.X[first])
+    sample.obs["batch"] = np.repeat(["a", "b"], [554, 553])
+    sc.pp.scrublet(sample, batch_key="batch", random_state=0)
+    expected = sample.obs["doublet_score"].to_numpy()
+    np.testing.assert_allclose(scores[first], expected, rtol=1e-6)
+    np.testing.assert_allclose(scores[~first], expected, rtol=1e-6)
+    # Not the whole sample's scores: the batches were scored apart.
+    whole = ad.AnnData(store.X[first])
+    sc.pp.scrublet(whole, random_state=0)
+    assert not np.allclose(scores[first], whole.obs["doublet_score"].to_numpy(), rtol=1e-3)
