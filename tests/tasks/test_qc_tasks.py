@@ -119,11 +119,16 @@ def test_a_sample_larger_than_a_batch_is_scored_per_batch_as_scanpys_batch_key(
     """With batches of at most 600 cells, each 1,107-cell sample is scored as runs of 554 and 553
     consecutive cells: what `sc.pp.scrublet` gives with those runs as its `batch_key`."""
 
-    def scored_in_batches() -> np.ndarray:
+    def scored_in_batches() -> tuple[np.ndarray, list]:
         store = open_experiment(session_settings.store_root, TWO_SAMPLES, session_settings.aws)
-        return doublet_scores(store, cells_per_batch=600)
+        reported = []
+        scores = doublet_scores(
+            store, lambda *progress: reported.append(progress), cells_per_batch=600
+        )
+        return scores, reported
 
-    scores = dask_client.submit(scored_in_batches, pure=False).result(240)
+    scores, reported = dask_client.submit(scored_in_batches, pure=False).result(240)
+    assert reported == [(1, 4), (2, 4), (3, 4), (4, 4)]
     store = ad.read_zarr(zarr_store(two_samples["store"], session_settings.aws, read_only=True))
     first = (store.obs["sample"] == "first").to_numpy()
     sample = ad.AnnData(store.X[first])

@@ -2,11 +2,13 @@
 batches) on the first request and cached in the store."""
 
 import itertools
+import uuid
+from collections.abc import Callable
 from math import ceil
 from typing import Literal
 
 import numpy as np
-from distributed import worker_client
+from distributed import as_completed, worker_client
 from scipy import sparse
 
 from worker.compute.graph import MIN_CELLS_FOR_GRAPH
@@ -40,12 +42,18 @@ def get_doublet_score(
     store = context.store()
     scores = store.cached(DOUBLET_SCORES)
     if scores is None:
-        scores = doublet_scores(store)
+        scores = doublet_scores(
+            store, lambda done, total: context.report_progress(done, total, "Scoring doublets")
+        )
         store.write_cached(DOUBLET_SCORES, scores)
     return scores
 
 
-def doublet_scores(store: ExperimentStore, cells_per_batch: int = CELLS_PER_BATCH) -> np.ndarray:
+def doublet_scores(
+    store: ExperimentStore,
+    report: Callable[[int, int], None],
+    cells_per_batch: int = CELLS_PER_BATCH,
+) -> np.ndarray:
     """`sc.pp.scrublet` run on each batch's raw counts alone, seeded with the store's seed: a
     sample is one batch, or if it has more than `cells_per_batch` cells, runs of consecutive
     cells of near-equal sizes, as scanpy's `batch_key` runs it per batch.
@@ -53,7 +61,8 @@ def doublet_scores(store: ExperimentStore, cells_per_batch: int = CELLS_PER_BATC
     NaN where a cell is not scored: in a batch under MIN_CELLS cells, or with fewer than 3
     genes (Scrublet drops those). Each batch is a Dask task of its own that reads only its
     rows, so the memory held follows the batch size, not the sample's or the experiment's.
-    Call it from a task running on a Dask worker.
+    `report(done, total)` is called as each batch is scored. Call it from a task running on a
+    Dask worker.
     """
     sample_codes = store.sample_codes
     # Samples are stored one after the other, so each is one run of rows.
@@ -66,11 +75,14 @@ def doublet_scores(store: ExperimentStore, cells_per_batch: int = CELLS_PER_BATC
     ]
     where = (store.experiment_id, store.version, store.url, store.aws)
     random_state = store.parameters.random_state
+    name = f"doublet-scores-batch-{uuid.uuid4().hex}"
     with worker_client() as client:
         futures = [
-            client.submit(_batch_scores, *where, start, stop, random_state, pure=False)
-            for start, stop in batches
+            client.submit(_batch_scores, *where, start, stop, random_state, key=f"{name}-{index}")
+            for index, (start, stop) in enumerate(batches)
         ]
+        for done, _ in enumerate(as_completed(futures), start=1):
+            report(done, len(futures))
         batch_scores = client.gather(futures)
     scores = np.full(len(sample_codes), np.nan, dtype=np.float32)
     for (start, stop), values in zip(batches, batch_scores, strict=True):
