@@ -9,6 +9,7 @@ import zarr
 from openTSNE import TSNE
 
 from tests.conftest import make_request, result_body
+from worker.compute.graph import TSNE_THREADS
 from worker.store.locations import zarr_store
 
 EXPERIMENT = "shared-v3-h5"
@@ -103,7 +104,9 @@ def test_concurrent_identical_tsne_requests_agree_with_opentsne(
         for request in requests
     )
     np.testing.assert_array_equal(first, second)
-    expected = TSNE(perplexity=10, learning_rate=100, random_state=0).fit(stored.obsm["X_pca"])
+    expected = TSNE(perplexity=10, learning_rate=100, random_state=0, n_jobs=TSNE_THREADS).fit(
+        stored.obsm["X_pca"]
+    )
     np.testing.assert_allclose(first, expected, atol=1e-3)
     element = "obsm/X_tsne__perplexity_10.0__learning_rate_100.0"
     cached = cached_array(prepared_10x, session_settings, element)

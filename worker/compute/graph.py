@@ -413,6 +413,11 @@ class _EpochsFile:
 # calls back.
 TSNE_ITERATIONS = 250 + 500
 TSNE_CALLBACK_EVERY = 50
+# openTSNE's threads. A fixed number, not the machine's: its embedding differs with the number
+# of threads (it is the same for the same number). Two took 176 s for 100,000 cells of the
+# large tier against 301 s with one (the affinities 79 against 95 s, the 750 iterations 97
+# against 206 s; both with a Scrublet run beside them on the 2 cores).
+TSNE_THREADS = 2
 
 
 def embed_tsne(
@@ -439,6 +444,7 @@ def embed_tsne(
         perplexity=perplexity,
         learning_rate=learning_rate,
         random_state=random_state,
+        n_jobs=TSNE_THREADS,
         callbacks=None if progress is None else iterated,
         callbacks_every_iters=TSNE_CALLBACK_EVERY,
     ).fit(x_pca)
