@@ -21,7 +21,7 @@ from worker.jsonio import dumps, loads
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("scanpy", "ours", "soma")
 # The long-running tasks, in the order they run (benchmarks/long_tasks.py).
-LONG_TASK_GROUPS = ("export", "trajectory", "embeddings", "doublets", "v2")
+LONG_TASK_GROUPS = ("export", "trajectory", "umap", "tsne", "doublets", "v2")
 
 
 def main(argv: list[str]) -> int:

@@ -4,8 +4,8 @@ counterpart), each run as a person waits for it, in groups (`--long-tasks GROUPS
 - export: GetNormalizedExpression of a selection of cells (v2; its gzipped CSV streamed into the
   v2 results bucket);
 - trajectory: GetTrajectoryAnalysisStartingNodes, then PseudoTime from its first node (v2);
-- embeddings: GetEmbedding umap and tsne (seed), each computed, then asked again and read from
-  the store's cache;
+- umap, tsne: GetEmbedding of that type (seed), computed, then asked again and read from the
+  store's cache;
 - doublets: GetDoubletScore (seed) of every cell, computed, then asked again and read from the
   store's cache;
 - v2: GeneExpression of one gene sent as the platform's API sends it, to `python -m worker`,
@@ -15,7 +15,7 @@ counterpart), each run as a person waits for it, in groups (`--long-tasks GROUPS
 It reads the store the tier's last `ours` run left in its folder (run `make bench` or `make
 scaling` on the tier first). The trajectory reads the embedding the API names by ETag; here that
 is the store's first two principal components written as a GetEmbedding result, so that the
-trajectory's time is its own, not a UMAP's (measured by the embeddings group).
+trajectory's time is its own, not a UMAP's (measured by the umap group).
 """
 
 import dataclasses
@@ -132,17 +132,17 @@ def _measures(client: Client, settings, groups: list[str], sampler: RssSampler) 
                 {**trajectory, "name": PSEUDO_TIME, "rootNodes": [0]},
             ),
         ]
-    if "embeddings" in groups:
-        runs += [
-            (
-                f"GetEmbedding {method}, {when}",
-                context,
-                "seed",
-                {"name": "GetEmbedding", "type": method},
-            )
-            for method in ("umap", "tsne")
-            for when in ("computed", "cached")
-        ]
+    runs += [
+        (
+            f"GetEmbedding {method}, {when}",
+            context,
+            "seed",
+            {"name": "GetEmbedding", "type": method},
+        )
+        for method in ("umap", "tsne")
+        if method in groups
+        for when in ("computed", "cached")
+    ]
     if "doublets" in groups:
         runs += [
             (f"GetDoubletScore, {when}", context, "seed", {"name": "GetDoubletScore"})
