@@ -16,6 +16,7 @@ from scipy import sparse
 def scrublet_scores(counts: sparse.csr_matrix, random_state: int) -> np.ndarray:
     """Each cell's doublet score (float32); NaN for the cells Scrublet leaves out (fewer than 3
     genes)."""
+    # Imported here, not at the top: the queue process imports every task module for its schema.
     import scanpy as sc
     from anndata import AnnData
     from scanpy.preprocessing._scrublet import scrublet_simulate_doublets
@@ -53,6 +54,7 @@ def scrublet_scores(counts: sparse.csr_matrix, random_state: int) -> np.ndarray:
     _, gene_variances = _get_mean_var(observed_norm, axis=0)
     per_gene = sparse.diags(1 / np.sqrt(gene_variances))
     observed_scaled, simulated_scaled = observed_norm @ per_gene, simulated_norm @ per_gene
+    # Scrublet's own generator, as scanpy hands it over: its draws follow the same sequence.
     pca = PCA(n_components=30, random_state=scrub._random_state, svd_solver="arpack")
     pca.fit(observed_scaled)
     scrub.set_manifold(pca.transform(observed_scaled), pca.transform(simulated_scaled))
