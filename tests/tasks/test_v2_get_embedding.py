@@ -8,7 +8,7 @@ import pytest
 import scanpy as sc
 from openTSNE import TSNE
 
-from worker.compute.graph import TSNE_ITERATIONS
+from worker.compute.graph import TSNE_ITERATIONS, TSNE_THREADS
 from worker.store.locations import zarr_store
 from worker.tasks.base import TaskContext
 from worker.tasks.get_embedding import V2_TASK, GetEmbeddingV2Body
@@ -63,7 +63,9 @@ def test_tsne_equals_opentsnes_and_reports_its_iterations(v2, dask_client, sessi
 
     embedding, progress = computed_on_dask(dask_client, session_settings, body, "v2-tsne")
 
-    expected = TSNE(perplexity=20, learning_rate=150, random_state=0).fit(x_pca)
+    expected = TSNE(perplexity=20, learning_rate=150, random_state=0, n_jobs=TSNE_THREADS).fit(
+        x_pca
+    )
     np.testing.assert_allclose(embedding, expected, atol=1e-3)
     assert progress == [
         (done, TSNE_ITERATIONS, "Computing the t-SNE")
