@@ -7,9 +7,9 @@ Stages, none holding more than a bounded number of blocks:
 3. covariance scan (a task per row block of `X`): the PCA covariance of the scaled highly
    variable genes, and the row block cut into pieces of the gene-major copy;
 4. projection (a task per row block): `obsm/X_pca`;
-5. the neighbour graph and the clustering, on the PCA, which fits in memory, in the
-   orchestrating task, while the gene-major copy `layers/counts_by_gene` is assembled beside
-   them (a task per segment of its arrays);
+5. the neighbour graph and the clustering, on the PCA (read back from the store), which fits
+   in memory, in the orchestrating task, while the gene-major copy `layers/counts_by_gene` is
+   assembled beside them (a task per segment of its arrays);
 6. the tables and metadata.
 """
 
